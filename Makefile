@@ -1,0 +1,50 @@
+# mtlrun — `make help` lists the targets. `make run` and `make test` set everything up on a fresh clone.
+PYTHON        ?= python3
+VENV          ?= .venv
+TORCH_VERSION ?= 2.13.0# pinned: an unpinned torch pulls gigabytes of CUDA wheels; GPU users may change it
+ARGS          ?=# extra arguments for `make run`, e.g. make run ARGS="weighting=uncertainty"
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-all test-gpu lint format bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install mtlrun with its dependencies (torch pinned)
+
+run: $(STAMP) ## train on the embedded default data set (MultiDigits); ARGS="..." adds overrides
+	$(BIN)/mtlrun $(ARGS)
+
+test: $(STAMP) ## the fast test tier (what CI runs)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP) ## every test except GPU ones: the fast tier plus slow tests (presets, wheel, resume)
+	$(BIN)/python -m pytest -m "not gpu"
+
+test-gpu: $(STAMP) ## tests that need a CUDA device
+	$(BIN)/python -m pytest -m gpu
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check mtlrun tests benchmarks
+	$(BIN)/ruff format --check mtlrun tests benchmarks
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix mtlrun tests benchmarks
+	$(BIN)/ruff format mtlrun tests benchmarks
+
+bench: $(STAMP) ## speed benchmarks: ratios measured side by side (see benchmarks/)
+	$(BIN)/python benchmarks/step_overhead.py
+
+clean: ## remove outputs, caches and build files (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,82 @@
+"""The model contract shared by every architecture.
+
+* ``forward(batch) -> {task: prediction}`` (raw outputs: logits for classifiers, values for regression).
+* ``parameter_roles()`` says, for every parameter, which part of the design it belongs to (``trunk``,
+  ``head`` or ``mixing``) and which task owns it (``None``: shared by every task). The optimizer groups
+  follow the part (trunk -> ``shared``, head -> ``heads``/``heads.<task>``, mixing -> ``mixing``); the
+  per-task gradient engine differentiates only the parameters no task owns.
+* ``shared_representation`` holds the features every task reads in the last forward pass, for
+  architectures that have one (``has_representation``); gradient methods may differentiate against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn as nn
+from torch import Tensor
+
+from mtlrun.tasks import Task
+
+EncoderFactory = Callable[[], nn.Module]
+Part = Literal["trunk", "head", "mixing"]
+
+
+@dataclass(frozen=True)
+class ParamRole:
+    part: Part
+    task: str | None = None  # the task that owns the parameter; None when all tasks share it
+
+
+class MTLModel(nn.Module):
+    """Base class: subclasses build their modules, implement ``forward`` and ``parameter_roles``."""
+
+    has_representation: bool = False
+
+    def __init__(self, tasks: Mapping[str, Task]) -> None:
+        super().__init__()
+        self.tasks = dict(tasks)
+        self.shared_representation: Tensor | None = None
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def parameter_roles(self) -> dict[str, ParamRole]:
+        raise NotImplementedError
+
+    def roles_by_prefix(self, prefixes: Mapping[str, ParamRole]) -> dict[str, ParamRole]:
+        """Assign each named parameter the role of the longest prefix that matches its name."""
+        roles = {}
+        ordered = sorted(prefixes, key=len, reverse=True)
+        for name, _ in self.named_parameters():
+            match = next((p for p in ordered if name == p or name.startswith(p + ".")), None)
+            if match is None:
+                raise RuntimeError(f"{type(self).__name__}: parameter '{name}' has no role; extend parameter_roles")
+            roles[name] = prefixes[match]
+        return roles
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that no single task owns (what per-task gradients are taken of)."""
+        roles = self.parameter_roles()
+        return [p for n, p in self.named_parameters() if p.requires_grad and roles[n].task is None]
+
+    def task_owned_parameters(self) -> list[nn.Parameter]:
+        roles = self.parameter_roles()
+        return [p for n, p in self.named_parameters() if p.requires_grad and roles[n].task is not None]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Number of scalar parameters: total, shared, mixing, and per task."""
+        counts = {"total": 0, "shared": 0, "mixing": 0} | {f"task.{t}": 0 for t in self.tasks}
+        roles = self.parameter_roles()
+        for name, p in self.named_parameters():
+            role = roles[name]
+            counts["total"] += p.numel()
+            if role.part == "mixing":
+                counts["mixing"] += p.numel()
+            elif role.task is None:
+                counts["shared"] += p.numel()
+            else:
+                counts[f"task.{role.task}"] += p.numel()
+        return counts

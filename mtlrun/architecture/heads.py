@@ -1,0 +1,92 @@
+"""Task heads: one small MLP per task, from a default spec with per-task overrides.
+
+Config (top-level ``heads``)::
+
+    heads:
+      hidden: [64]          # default for every task
+      activation: ReLU
+      dropout: 0.0
+      sum: {hidden: [128, 64]}   # a per-task override (on the command line: +heads.sum.hidden=[128,64])
+
+A task may read other tasks' estimates (``tasks.<b>.inputs_from: [a]``): its head then sees the features
+concatenated with task a's estimate (probabilities for classifiers, values for regression), detached by
+default so task b's loss never moves task a's parameters. Heads run in dependency order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from mtlrun.encoder.layers import mlp
+from mtlrun.errors import ConfigError
+from mtlrun.tasks import Task, topological_order
+
+HEAD_SETTINGS = ("hidden", "activation", "dropout")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    hidden: tuple[int, ...] = ()
+    activation: str = "ReLU"
+    dropout: float = 0.0
+
+
+def resolve_head_specs(heads_cfg: Mapping, tasks: Mapping[str, Task]) -> dict[str, HeadSpec]:
+    """Per-task head specs: the defaults in ``heads`` updated by ``heads.<task>`` entries."""
+    defaults = {}
+    overrides: dict[str, dict] = {}
+    for key, value in dict(heads_cfg or {}).items():
+        if key in HEAD_SETTINGS:
+            defaults[key] = value
+        elif key in tasks:
+            if value is None:
+                continue
+            unknown = set(dict(value)) - set(HEAD_SETTINGS)
+            if unknown:
+                raise ConfigError(f"heads.{key}: unknown setting(s) {sorted(unknown)}; use {', '.join(HEAD_SETTINGS)}")
+            overrides[key] = dict(value)
+        else:
+            raise ConfigError(
+                f"heads.{key}: neither a head setting ({', '.join(HEAD_SETTINGS)}) nor a task "
+                f"({', '.join(tasks)})"
+            )
+    specs = {}
+    for name in tasks:
+        merged = {**defaults, **overrides.get(name, {})}
+        merged["hidden"] = tuple(merged.get("hidden") or ())
+        specs[name] = HeadSpec(**merged)
+    return specs
+
+
+class TaskHeads(nn.Module):
+    """The heads of all tasks; ``forward(features)`` returns each task's raw prediction."""
+
+    def __init__(self, in_dim: int, tasks: Mapping[str, Task], heads_cfg: Mapping) -> None:
+        super().__init__()
+        self.tasks = dict(tasks)
+        self.order = topological_order(self.tasks)
+        specs = resolve_head_specs(heads_cfg, self.tasks)
+        self.heads = nn.ModuleDict()
+        for name, task in self.tasks.items():
+            extra = sum(self.tasks[src].feature_dim for src in task.inputs_from)
+            spec = specs[name]
+            self.heads[name] = mlp(in_dim + extra, list(spec.hidden), spec.activation, spec.dropout, task.out_dim)
+
+    def forward(self, features: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``features``: one tensor all heads read, or a per-task dict (designs with task columns)."""
+        out: dict[str, Tensor] = {}
+        for name in self.order:
+            task = self.tasks[name]
+            h = features[name] if isinstance(features, Mapping) else features
+            if task.inputs_from:
+                estimates = [self.tasks[src].estimate(out[src]) for src in task.inputs_from]
+                if task.detach:
+                    estimates = [e.detach() for e in estimates]
+                h = torch.cat([h, *[e.to(h.dtype) for e in estimates]], dim=-1)
+            out[name] = task.prepare_prediction(self.heads[name](h))
+        return {name: out[name] for name in self.tasks}

@@ -1,0 +1,84 @@
+"""The ``mtlrun`` command: a Hydra app that trains one run per config (or one per job of a sweep).
+
+torch is imported only inside the task function, so ``mtlrun --help`` and ``mtlrun --cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from mtlrun import schema
+
+log = logging.getLogger("mtlrun")
+
+
+def config_dir() -> str:
+    """Absolute path of the shipped configs: ``mtlrun/conf`` in a wheel, else ``<repo>/conf``."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").exists():
+            return str(candidate)
+    raise FileNotFoundError(f"mtlrun: no conf/ folder found beside {package}; reinstall the package")
+
+
+def _write_failed_summary(out_dir: Path, message: str) -> None:
+    """Make sure a failed job leaves summary.json with status 'failed', even when it failed before the
+    runner wrote one."""
+    import json
+
+    from mtlrun.trainer.outputs import write_json
+
+    path = out_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if summary.get("status") != "failed":
+        summary |= {"status": "failed", "error": message}
+        write_json(path, summary)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """The Hydra task: one run. Returns the selected epoch's monitored validation value (for sweepers)."""
+    from mtlrun.errors import MtlrunError
+    from mtlrun.trainer.runner import run
+
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        summary = run(cfg, out_dir)
+        return summary.get("monitor_value")
+    except MtlrunError as err:
+        log.error("error: %s", err)
+        _write_failed_summary(out_dir, f"{type(err).__name__}: {err}")
+        if multirun:
+            return None
+        raise SystemExit(1) from None
+    except Exception as err:
+        if not multirun:
+            raise
+        # Hydra's launchers would print only the first failure and drop the traceback from the job's log:
+        # log it here, keep the sweep going, and let the sweep callback report the failure.
+        log.error("job failed:\n%s", traceback.format_exc())
+        _write_failed_summary(out_dir, f"{type(err).__name__}: {err}")
+        return None
+
+
+def main() -> None:
+    schema.register()
+    app = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)
+    app()
+    from mtlrun import callbacks
+
+    if callbacks.FAILED_JOBS:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Optimizer parameter groups with their own learning rates, and learning-rate schedules."""

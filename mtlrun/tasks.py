@@ -1,0 +1,230 @@
+"""Tasks are data, not subclasses: a name, a kind, a target, a loss, metrics with their directions.
+
+A :class:`Task` is built from the ``tasks.<name>`` node of the config. Its kind fixes how many outputs its
+head has, how predictions turn into probabilities, and which losses and metrics make sense. Metrics come
+from torchmetrics, which also tells each metric's direction (``higher_is_better``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor
+
+from mtlrun.errors import ConfigError
+
+KINDS = ("regression", "binary", "multiclass", "multilabel")
+
+# Loss functions by kind; the first is the kind's default. Each takes (prediction, target) and returns a
+# per-sample loss, so masked targets and sample weights can be applied before averaging.
+LOSSES: dict[str, dict[str, Callable[[Tensor, Tensor], Tensor]]] = {
+    "regression": {
+        "mse": lambda p, y: F.mse_loss(p, y, reduction="none").reshape(len(p), -1).sum(1),
+        "l1": lambda p, y: F.l1_loss(p, y, reduction="none").reshape(len(p), -1).sum(1),
+        "huber": lambda p, y: F.huber_loss(p, y, reduction="none").reshape(len(p), -1).sum(1),
+    },
+    "binary": {"bce": lambda p, y: F.binary_cross_entropy_with_logits(p, y, reduction="none").reshape(len(p), -1).sum(1)},
+    "multiclass": {"cross_entropy": lambda p, y: F.cross_entropy(p, y, reduction="none")},
+    "multilabel": {
+        "bce": lambda p, y: F.binary_cross_entropy_with_logits(p, y, reduction="none").reshape(len(p), -1).mean(1),
+    },
+}
+
+# Metrics by kind; the defaults are listed in DEFAULT_METRICS. Each entry builds a torchmetrics Metric
+# from the task's number of classes.
+METRICS: dict[str, dict[str, Callable[[int], torchmetrics.Metric]]] = {
+    "regression": {
+        "mse": lambda n: torchmetrics.MeanSquaredError(),
+        "rmse": lambda n: torchmetrics.MeanSquaredError(squared=False),
+        "mae": lambda n: torchmetrics.MeanAbsoluteError(),
+        "r2": lambda n: torchmetrics.R2Score(),
+    },
+    "binary": {
+        "accuracy": lambda n: torchmetrics.classification.BinaryAccuracy(),
+        "auroc": lambda n: torchmetrics.classification.BinaryAUROC(),
+        "f1": lambda n: torchmetrics.classification.BinaryF1Score(),
+        "average_precision": lambda n: torchmetrics.classification.BinaryAveragePrecision(),
+    },
+    "multiclass": {
+        "accuracy": lambda n: torchmetrics.classification.MulticlassAccuracy(n, average="micro"),
+        "balanced_accuracy": lambda n: torchmetrics.classification.MulticlassAccuracy(n, average="macro"),
+        "f1_macro": lambda n: torchmetrics.classification.MulticlassF1Score(n, average="macro"),
+    },
+    "multilabel": {
+        "accuracy": lambda n: torchmetrics.classification.MultilabelAccuracy(n),
+        "f1_macro": lambda n: torchmetrics.classification.MultilabelF1Score(n, average="macro"),
+        "auroc": lambda n: torchmetrics.classification.MultilabelAUROC(n),
+    },
+}
+
+DEFAULT_METRICS = {
+    "regression": ["mae", "rmse"],
+    "binary": ["auroc", "accuracy"],
+    "multiclass": ["accuracy", "f1_macro"],
+    "multilabel": ["f1_macro", "accuracy"],
+}
+
+# Names that mean something else in ``heads`` and ``optim.groups``; a task may not take them.
+RESERVED_NAMES = {"lr", "weight_decay", "lr_scale", "hidden", "activation", "dropout", "loss", "weight"}
+
+
+@dataclass
+class Task:
+    """One task of a multi-task problem."""
+
+    name: str
+    kind: str
+    target: str
+    num_classes: int | None = None
+    loss: str = ""
+    metrics: list[str] = field(default_factory=list)
+    inputs_from: list[str] = field(default_factory=list)
+    detach: bool = True
+
+    def __post_init__(self) -> None:
+        where = f"tasks.{self.name}"
+        if self.kind not in KINDS:
+            raise ConfigError(f"{where}.kind: '{self.kind}' is not a task kind; choose one of {', '.join(KINDS)}")
+        if self.name in RESERVED_NAMES or "." in self.name:
+            raise ConfigError(
+                f"tasks.{self.name}: task names may not contain dots or be one of {sorted(RESERVED_NAMES)}; "
+                "rename the task"
+            )
+        if self.kind in ("multiclass", "multilabel") and (self.num_classes is None or self.num_classes < 2):
+            raise ConfigError(f"{where}.num_classes: a {self.kind} task needs num_classes >= 2")
+        self.loss = self.loss or next(iter(LOSSES[self.kind]))
+        if self.loss not in LOSSES[self.kind]:
+            raise ConfigError(
+                f"{where}.loss: '{self.loss}' is not a {self.kind} loss; choose one of {', '.join(LOSSES[self.kind])}"
+            )
+        self.metrics = list(self.metrics) or list(DEFAULT_METRICS[self.kind])
+        for metric in self.metrics:
+            if metric not in METRICS[self.kind]:
+                raise ConfigError(
+                    f"{where}.metrics: '{metric}' is not a {self.kind} metric; "
+                    f"choose from {', '.join(METRICS[self.kind])}"
+                )
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the head's output layer."""
+        return self.num_classes if self.kind in ("multiclass", "multilabel") else 1
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of this task's estimate when it feeds another task (see ``inputs_from``)."""
+        return self.out_dim
+
+    def prepare_prediction(self, raw: Tensor) -> Tensor:
+        """The head's output in the shape the loss expects: [N] for 1-output heads, else [N, C]."""
+        return raw.squeeze(-1) if self.out_dim == 1 and self.kind != "multiclass" else raw
+
+    def estimate(self, prediction: Tensor) -> Tensor:
+        """The task's estimate as a feature for other tasks: probabilities or values, shape [N, feature_dim]."""
+        if self.kind == "multiclass":
+            return prediction.softmax(-1)
+        out = prediction.sigmoid() if self.kind in ("binary", "multilabel") else prediction
+        return out.reshape(out.shape[0], -1)
+
+    def loss_per_sample(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Per-sample loss, shape [N]."""
+        if self.kind == "multiclass":
+            target = target.long()
+        else:
+            target = target.to(prediction.dtype)
+        return LOSSES[self.kind][self.loss](prediction, target)
+
+    def make_metrics(self) -> dict[str, torchmetrics.Metric]:
+        return {name: METRICS[self.kind][name](self.num_classes or 0) for name in self.metrics}
+
+    def metric_inputs(self, prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(preds, target) as torchmetrics wants them: probabilities and integer labels for classifiers."""
+        prediction = prediction.float()
+        if self.kind == "regression":
+            return prediction, target.float()
+        if self.kind == "multiclass":
+            return prediction.softmax(-1), target.long()
+        return prediction.sigmoid(), target.long()
+
+    def higher_is_better(self, metric: str) -> bool:
+        return bool(METRICS[self.kind][metric](self.num_classes or 2).higher_is_better)
+
+    def check_targets(self, target: Tensor, split: str) -> None:
+        """Fail with a clear message when labels do not fit the task (out of range, not finite)."""
+        where = f"task '{self.name}' (target '{self.target}', split {split})"
+        if target.numel() == 0:
+            raise ConfigError(f"{where}: no labels")
+        if target.is_floating_point() and not torch.isfinite(target).all():
+            raise ConfigError(f"{where}: labels contain NaN or inf; drop or fill those rows")
+        if self.kind == "multiclass":
+            if target.is_floating_point() and not torch.equal(target, target.round()):
+                raise ConfigError(f"{where}: multiclass labels must be integers 0..{self.num_classes - 1}")
+            low, high = int(target.min()), int(target.max())
+            if low < 0 or high >= self.num_classes:
+                raise ConfigError(
+                    f"{where}: label {high if high >= self.num_classes else low} is out of range for "
+                    f"num_classes={self.num_classes}; labels must lie in 0..{self.num_classes - 1} "
+                    f"(set tasks.{self.name}.num_classes or fix the labels)"
+                )
+        if self.kind in ("binary", "multilabel"):
+            bad = (target != 0) & (target != 1)
+            if bad.any():
+                raise ConfigError(f"{where}: {self.kind} labels must be 0 or 1; found {target[bad][0].item()}")
+            if self.kind == "multilabel" and (target.ndim != 2 or target.shape[1] != self.num_classes):
+                raise ConfigError(
+                    f"{where}: multilabel targets must have shape [N, {self.num_classes}]; got {list(target.shape)}"
+                )
+
+
+def build_tasks(tasks_cfg: Mapping[str, Mapping]) -> dict[str, Task]:
+    """Build the tasks from the ``tasks`` config node and check their ``inputs_from`` graph."""
+    if not tasks_cfg:
+        raise ConfigError("tasks: no tasks declared; the data config must declare at least one task")
+    tasks = {}
+    for name, spec in tasks_cfg.items():
+        spec = dict(spec)
+        kind = spec.pop("kind")
+        tasks[name] = Task(
+            name=name,
+            kind=getattr(kind, "value", kind),
+            target=spec.pop("target", None) or name,
+            num_classes=spec.pop("num_classes", None),
+            loss=spec.pop("loss", None) or "",
+            metrics=list(spec.pop("metrics", None) or []),
+            inputs_from=list(spec.pop("inputs_from", None) or []),
+            detach=spec.pop("detach", True),
+        )
+        if spec:
+            raise ConfigError(f"tasks.{name}: unknown keys {sorted(spec)}")
+    topological_order(tasks)
+    return tasks
+
+
+def topological_order(tasks: Mapping[str, Task]) -> list[str]:
+    """Task names ordered so every task comes after the tasks it takes inputs from; cycles are errors."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join([*path[path.index(name) :], name])
+            raise ConfigError(f"tasks: inputs_from forms a cycle ({cycle}); remove one of these links")
+        state[name] = "visiting"
+        for source in tasks[name].inputs_from:
+            if source not in tasks:
+                raise ConfigError(
+                    f"tasks.{name}.inputs_from: unknown task '{source}'; known tasks: {', '.join(tasks)}"
+                )
+            visit(source, [*path, name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in tasks:
+        visit(name, [])
+    return order

@@ -1,0 +1,1 @@
+"""Loss-weighting and gradient-balancing methods behind one contract (see ``base.Weighting``)."""

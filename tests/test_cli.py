@@ -1,0 +1,173 @@
+"""The real `mtlrun` command in a subprocess, as a user runs it: files, tables, sweeps, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SMOKE = ["debug=smoke"]
+RUN_FILES = ["config.yaml", "mtlrun.log", "metrics.csv", "summary.json", "checkpoint.pt", "best_model.pt"]
+
+
+def mtlrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mtlrun", *args], capture_output=True, text=True, cwd=cwd, timeout=240
+    )
+
+
+def run_in(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return mtlrun(*SMOKE, f"hydra.run.dir={folder}", *overrides)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli") / "run"
+    result = run_in(folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+def test_smoke_run_writes_every_file(smoke_run: Path) -> None:
+    for name in RUN_FILES:
+        assert (smoke_run / name).is_file(), name
+    assert (smoke_run / ".hydra" / "overrides.yaml").is_file()
+    assert "results at epoch" in (smoke_run / "mtlrun.log").read_text()
+
+
+def test_metrics_csv_is_long_format_with_every_row(smoke_run: Path) -> None:
+    table = pd.read_csv(smoke_run / "metrics.csv")
+    assert list(table.columns) == ["epoch", "step", "split", "task", "metric", "value"]
+    assert sorted(table.epoch.unique()) == [1, 2]
+    assert set(table.split) == {"train", "val", "test"}
+    assert set(table.task) == {"left", "right", "sum"}
+    train = table[table.split == "train"]
+    assert set(train.metric) == {"loss", "weight"}
+    assert len(train) == 2 * 3 * 2  # epochs x tasks x (loss, weight)
+    assert (train[train.metric == "weight"].value == 1.0).all()  # equal weighting
+    for split in ("val", "test"):
+        rows = table[table.split == split]
+        assert set(rows[rows.task == "left"].metric) == {"loss", "accuracy", "f1_macro"}
+        assert set(rows[rows.task == "sum"].metric) == {"loss", "mae", "rmse"}
+    assert table.value.notna().all()
+    assert table.step.max() == 6  # 2 epochs x 3 steps (debug=smoke)
+
+
+def test_summary_records_selection_timing_and_parameters(smoke_run: Path) -> None:
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["error"] is None
+    assert summary["best_epoch"] in (1, 2)
+    assert set(summary["val"]) == set(summary["test"]) == {"left", "right", "sum"}
+    assert 0.0 <= summary["test"]["left"]["accuracy"] <= 1.0
+    assert summary["wall_time_s"] > 0 and summary["time_per_step_s"] > 0
+    assert summary["steps"] == 6
+    params = summary["parameters"]
+    assert params["total"] == params["shared"] + params["mixing"] + sum(
+        v for k, v in params.items() if k.startswith("task.")
+    )
+    assert {g["name"] for g in summary["param_groups"]} == {"shared", "heads"}
+    assert summary["weighting"]["backward_passes_per_step"] == 1
+    table = pd.read_csv(smoke_run / "metrics.csv")
+    best = table[(table.epoch == summary["best_epoch"]) & (table.split == "test")]
+    value = best[(best.task == "left") & (best.metric == "accuracy")].value.item()
+    assert value == pytest.approx(summary["test"]["left"]["accuracy"])
+
+
+def test_same_seed_gives_identical_metrics(tmp_path: Path, smoke_run: Path) -> None:
+    again = run_in(tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    first = pd.read_csv(smoke_run / "metrics.csv")
+    second = pd.read_csv(tmp_path / "again" / "metrics.csv")
+    pd.testing.assert_frame_equal(first, second)
+    other = run_in(tmp_path / "other", "seed=1")
+    assert other.returncode == 0, other.stderr
+    assert not pd.read_csv(tmp_path / "other" / "metrics.csv").value.equals(first.value)
+
+
+def test_multirun_makes_one_folder_per_job(tmp_path: Path) -> None:
+    result = mtlrun("-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job in ("0", "1"):
+        summary = json.loads((tmp_path / job / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert summary["seed"] == int(job)
+        assert (tmp_path / job / "metrics.csv").is_file()
+
+
+def test_failed_job_in_a_sweep_keeps_the_others_and_exits_nonzero(tmp_path: Path) -> None:
+    result = mtlrun("-m", *SMOKE, "trainer.monitor=loss,nonsense", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode != 0
+    good = json.loads((tmp_path / "0" / "summary.json").read_text())
+    bad = json.loads((tmp_path / "1" / "summary.json").read_text())
+    assert good["status"] == "completed"
+    assert bad["status"] == "failed" and "trainer.monitor" in bad["error"]
+    assert "trainer.monitor" in (tmp_path / "1" / "mtlrun.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("weighting=nope", "nope"),  # unknown option of a group
+        ("trainer.epoch=3", "epoch"),  # unknown key (typo of epochs)
+        ("trainer.epochs=abc", "epochs"),  # wrong type
+        ("trainer.device=tpu", "device"),  # value outside an enum
+        ("+data.train_pair=5", "train_pair"),  # unknown option of the chosen data class
+        ("data.offset=1.5", "data.offset"),  # wrong type for the data class
+        ("tasks.left.num_classes=5", "out of range"),  # labels that do not fit the task
+        ("optim.groups.heads.lr=fast", "lr"),  # wrong type in a parameter group
+    ],
+)
+def test_bad_override_fails_with_a_message_naming_it(tmp_path: Path, override: str, named: str) -> None:
+    result = run_in(tmp_path / "bad", override)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert named in output
+    assert "Traceback" not in output
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_table(tmp_path: Path) -> None:
+    folder = tmp_path / "nan"
+    result = run_in(folder, "optim.optimizer.lr=1e12", "trainer.limit_train_batches=20", "trainer.epochs=3")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "learning rate" in output and "Traceback" not in output
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "failed" and "TrainingError" in summary["error"]
+    assert list(pd.read_csv(folder / "metrics.csv").columns)[0] == "epoch"
+
+
+def test_an_occupied_output_folder_is_refused(smoke_run: Path) -> None:
+    before = (smoke_run / "metrics.csv").read_text()
+    result = run_in(smoke_run)
+    assert result.returncode != 0
+    assert "already holds a run" in result.stdout + result.stderr
+    assert (smoke_run / "metrics.csv").read_text() == before
+
+
+def test_help_and_cfg_job_do_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "sys.argv = ['mtlrun', '--cfg', 'job']\n"
+        "from mtlrun.cli import main\n"
+        "main()\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+    assert "_target_: mtlrun.architecture.hard_sharing.HardSharing" in result.stdout
+    help_text = mtlrun("--help")
+    assert help_text.returncode == 0
+    assert "weighting: equal, static, uncertainty" in help_text.stdout
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_runs_at_smoke_size(tmp_path: Path, experiment: str) -> None:
+    result = run_in(tmp_path / experiment, f"experiment={experiment}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / experiment / "summary.json").read_text())["status"] == "completed"

@@ -19,20 +19,15 @@ from mtlrun.errors import ConfigError
 
 KINDS = ("regression", "binary", "multiclass", "multilabel")
 
-# Loss functions by kind; the first is the kind's default. Each takes (prediction, target) and returns a
-# per-sample loss, so masked targets and sample weights can be applied before averaging.
-LOSSES: dict[str, dict[str, Callable[[Tensor, Tensor], Tensor]]] = {
-    "regression": {
-        "mse": lambda p, y: F.mse_loss(p, y, reduction="none").reshape(len(p), -1).sum(1),
-        "l1": lambda p, y: F.l1_loss(p, y, reduction="none").reshape(len(p), -1).sum(1),
-        "huber": lambda p, y: F.huber_loss(p, y, reduction="none").reshape(len(p), -1).sum(1),
-    },
-    "binary": {"bce": lambda p, y: F.binary_cross_entropy_with_logits(p, y, reduction="none").reshape(len(p), -1).sum(1)},
-    "multiclass": {"cross_entropy": lambda p, y: F.cross_entropy(p, y, reduction="none")},
-    "multilabel": {
-        "bce": lambda p, y: F.binary_cross_entropy_with_logits(p, y, reduction="none").reshape(len(p), -1).mean(1),
-    },
+# Loss functions by kind (torch.nn.functional losses); the first is the kind's default. A sample's loss is
+# summed over its outputs for regression and binary tasks, averaged over labels for multilabel tasks.
+LOSSES: dict[str, dict[str, Callable[..., Tensor]]] = {
+    "regression": {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss},
+    "binary": {"bce": F.binary_cross_entropy_with_logits},
+    "multiclass": {"cross_entropy": F.cross_entropy},
+    "multilabel": {"bce": F.binary_cross_entropy_with_logits},
 }
+OUTPUT_REDUCTION = {"regression": "sum", "binary": "sum", "multiclass": "none", "multilabel": "mean"}
 
 # Metrics by kind; the defaults are listed in DEFAULT_METRICS. Each entry builds a torchmetrics Metric
 # from the task's number of classes.
@@ -130,13 +125,24 @@ class Task:
         out = prediction.sigmoid() if self.kind in ("binary", "multilabel") else prediction
         return out.reshape(out.shape[0], -1)
 
+    def _prepare_target(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return target.long() if self.kind == "multiclass" else target.to(prediction.dtype)
+
     def loss_per_sample(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Per-sample loss, shape [N]."""
-        if self.kind == "multiclass":
-            target = target.long()
-        else:
-            target = target.to(prediction.dtype)
-        return LOSSES[self.kind][self.loss](prediction, target)
+        """Per-sample loss, shape [N] (for masked targets and sample weights)."""
+        loss = LOSSES[self.kind][self.loss](prediction, self._prepare_target(prediction, target), reduction="none")
+        reduction = OUTPUT_REDUCTION[self.kind]
+        if reduction == "none":
+            return loss
+        loss = loss.reshape(loss.shape[0], -1)
+        return loss.sum(1) if reduction == "sum" else loss.mean(1)
+
+    def loss_mean(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """The batch mean of :meth:`loss_per_sample`, in one fused call (the training step's fast path)."""
+        loss = LOSSES[self.kind][self.loss](prediction, self._prepare_target(prediction, target))
+        if OUTPUT_REDUCTION[self.kind] == "sum" and prediction.ndim > 1:
+            loss = loss * (prediction[0].numel())
+        return loss
 
     def make_metrics(self) -> dict[str, torchmetrics.Metric]:
         return {name: METRICS[self.kind][name](self.num_classes or 0) for name in self.metrics}

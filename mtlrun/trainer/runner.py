@@ -149,7 +149,7 @@ class TrainState:
 def task_losses(predictions: Mapping[str, torch.Tensor], batch: dict, tasks: Mapping[str, Task]) -> torch.Tensor:
     """[T] mean loss of each task on the batch, in float32."""
     return torch.stack(
-        [task.loss_per_sample(predictions[name].float(), batch["y"][task.target]).mean() for name, task in tasks.items()]
+        [task.loss_mean(predictions[name].float(), batch["y"][task.target]) for name, task in tasks.items()]
     )
 
 
@@ -162,6 +162,27 @@ def check_finite(losses: torch.Tensor, tasks: Mapping[str, Task], epoch: int, st
         "lower the learning rate (optim.groups.*.lr), set trainer.grad_clip, or check the targets' scale. "
         "Results up to the previous epoch are in metrics.csv."
     )
+
+
+def train_step(
+    forward, model: MTLModel, batch: dict, tasks: Mapping[str, Task], weighting: Weighting,
+    optimizer: torch.optim.Optimizer, scheduler, grad_clip: float | None = None, autocast=None,
+    where: tuple[int, int] = (0, 0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: forward, per-task losses, weighting, backward, clip, step.
+    Returns the [T] task losses and the scalar objective (both detached)."""
+    with autocast or nullcontext():
+        predictions = forward(batch)
+    losses = task_losses(predictions, batch, tasks)
+    check_finite(losses, tasks, *where)
+    optimizer.zero_grad(set_to_none=True)
+    objective = backward(losses, weighting, model)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return losses.detach(), objective
 
 
 def make_progress(enabled: bool) -> Progress | None:
@@ -255,19 +276,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 for i, batch in enumerate(batches):
                     if i == steps_per_epoch:
                         break
-                    with autocast or nullcontext():
-                        predictions = forward(batch)
-                    losses = task_losses(predictions, batch, tasks)
-                    check_finite(losses, tasks, epoch, state.step)
-                    optimizer.zero_grad(set_to_none=True)
-                    objective = backward(losses, weighting, model)
-                    if trainer.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-                    optimizer.step()
-                    if scheduler is not None:
-                        scheduler.step()
+                    losses, objective = train_step(
+                        forward, model, batch, tasks, weighting, optimizer, scheduler, trainer.grad_clip, autocast,
+                        where=(epoch, state.step),
+                    )
                     state.step += 1
-                    loss_sums += losses.detach()
+                    loss_sums += losses
                     weight_sums += weighting.last_weights.to(device)
                     if bar is not None:
                         progress.update(bar, advance=1, loss=float(objective))
@@ -283,7 +297,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             }
             writer.write(epoch, state.step, "train", train_rows)
 
-            # ---- evaluate on val and test; select on val only
+            # ---- evaluate on val and test; select on val only; save state and the summary so far
             if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
                 val, test = (
                     evaluate(model, data, split, tasks, trainer.eval_batch_size, trainer.limit_eval_batches, autocast)
@@ -302,12 +316,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                     _fmt({f"{t}/{m}": v for t, row in val.items() for m, v in row.items() if m != "loss"}),
                     monitor.name, value, " *" if state.best_epoch == epoch else "",
                 )
-
-            # ---- save state and the summary so far
-            if trainer.checkpoint:
-                checkpoint.save(out_dir / "checkpoint.pt", model, weighting, optimizer, scheduler, shuffle, state)
-            summary |= _progress_fields(state, started, weighting)
-            write_json(summary_path, summary)
+                if trainer.checkpoint:
+                    checkpoint.save(out_dir / "checkpoint.pt", model, weighting, optimizer, scheduler, shuffle, state)
+                summary |= _progress_fields(state, started, weighting)
+                write_json(summary_path, summary)
 
         summary |= _progress_fields(state, started, weighting) | {"status": "completed"}
         write_json(summary_path, summary)

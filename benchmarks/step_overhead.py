@@ -40,14 +40,18 @@ def mtlrun_variant(tasks, batch, weighting_cls):
 
 def plain_variant(tasks, batch):
     torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU())
+    trunk = nn.Sequential(
+        nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU()
+    )
     heads = nn.ModuleList(nn.Linear(128, 1) for _ in tasks)
     optimizer = torch.optim.AdamW([*trunk.parameters(), *heads.parameters()], lr=1e-3)
     targets = [batch["y"][t] for t in tasks]
 
     def step():
         h = trunk(batch["x"])
-        loss = sum(nn.functional.mse_loss(head(h).squeeze(-1), y) for head, y in zip(heads, targets, strict=True))
+        loss = sum(
+            nn.functional.mse_loss(head(h).squeeze(-1), y) for head, y in zip(heads, targets, strict=True)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,7 +92,9 @@ def main() -> None:
             {"tasks": num_tasks, "variant": name, "ms/step": 1e3 * t, "vs plain loop": t / base}
             for name, t in medians.items()
         ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 256, median of {args.repeats} x {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 256, median of {args.repeats} x {args.steps} steps"
+    )
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
 
 

@@ -62,7 +62,12 @@ def _matches(value: Any, hint: Any) -> bool:
             return False
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         return not args or all(_matches(v, args[0]) for v in value)
-    if origin is dict or hint is dict or origin is typing.Mapping or str(origin) == "<class 'collections.abc.Mapping'>":
+    if (
+        origin is dict
+        or hint is dict
+        or origin is typing.Mapping
+        or str(origin) == "<class 'collections.abc.Mapping'>"
+    ):
         return isinstance(value, DictConfig | dict)
     return True
 
@@ -100,7 +105,8 @@ def check_node(node: DictConfig, where: str, runtime: set[str] = frozenset()) ->
     partial = node.get("_partial_", False)
     if not partial:
         missing = [
-            n for n in named
+            n
+            for n in named
             if params[n].default is inspect.Parameter.empty and n not in node and n not in runtime
         ]
         if missing:

@@ -96,3 +96,24 @@ class MtlrunConfig:
 def register() -> None:
     """Register the schema under the name ``mtlrun_schema`` (used by ``conf/config.yaml``)."""
     ConfigStore.instance().store(name="mtlrun_schema", node=MtlrunConfig)
+
+
+def validate(cfg: Any) -> None:
+    """Check a composed config against the schema once more, keys added with ``+`` included.
+
+    Hydra lets ``+trainer.epoch=3`` add a key the schema does not have; merging into a fresh structured
+    config turns such a typo into an error that names it.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    from mtlrun.errors import ConfigError
+
+    try:
+        # a plain copy: merging the typed config itself would carry the added keys along with its type
+        plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+        OmegaConf.merge(OmegaConf.structured(MtlrunConfig), plain)
+    except ConfigKeyError as err:
+        raise ConfigError(f"{err.full_key}: unknown key (check its spelling; `mtlrun --cfg job` lists every key)") from None
+    except ValidationError as err:
+        raise ConfigError(f"{err.full_key}: {err.msg}") from None

@@ -83,7 +83,9 @@ class Task:
     def __post_init__(self) -> None:
         where = f"tasks.{self.name}"
         if self.kind not in KINDS:
-            raise ConfigError(f"{where}.kind: '{self.kind}' is not a task kind; choose one of {', '.join(KINDS)}")
+            raise ConfigError(
+                f"{where}.kind: '{self.kind}' is not a task kind; choose one of {', '.join(KINDS)}"
+            )
         if self.name in RESERVED_NAMES or "." in self.name:
             raise ConfigError(
                 f"tasks.{self.name}: task names may not contain dots or be one of {sorted(RESERVED_NAMES)}; "
@@ -130,7 +132,9 @@ class Task:
 
     def loss_per_sample(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Per-sample loss, shape [N] (for masked targets and sample weights)."""
-        loss = LOSSES[self.kind][self.loss](prediction, self._prepare_target(prediction, target), reduction="none")
+        loss = LOSSES[self.kind][self.loss](
+            prediction, self._prepare_target(prediction, target), reduction="none"
+        )
         reduction = OUTPUT_REDUCTION[self.kind]
         if reduction == "none":
             return loss
@@ -179,7 +183,9 @@ class Task:
         if self.kind in ("binary", "multilabel"):
             bad = (target != 0) & (target != 1)
             if bad.any():
-                raise ConfigError(f"{where}: {self.kind} labels must be 0 or 1; found {target[bad][0].item()}")
+                raise ConfigError(
+                    f"{where}: {self.kind} labels must be 0 or 1; found {target[bad][0].item()}"
+                )
             if self.kind == "multilabel" and (target.ndim != 2 or target.shape[1] != self.num_classes):
                 raise ConfigError(
                     f"{where}: multilabel targets must have shape [N, {self.num_classes}]; got {list(target.shape)}"

@@ -114,6 +114,7 @@ def test_failed_job_in_a_sweep_keeps_the_others_and_exits_nonzero(tmp_path: Path
     [
         ("weighting=nope", "nope"),  # unknown option of a group
         ("trainer.epoch=3", "epoch"),  # unknown key (typo of epochs)
+        ("+trainer.epoch=3", "trainer.epoch"),  # a typo added with +, which Hydra lets through
         ("trainer.epochs=abc", "epochs"),  # wrong type
         ("trainer.device=tpu", "device"),  # value outside an enum
         ("+data.train_pair=5", "train_pair"),  # unknown option of the chosen data class

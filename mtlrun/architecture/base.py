@@ -53,7 +53,9 @@ class MTLModel(nn.Module):
         for name, _ in self.named_parameters():
             match = next((p for p in ordered if name == p or name.startswith(p + ".")), None)
             if match is None:
-                raise RuntimeError(f"{type(self).__name__}: parameter '{name}' has no role; extend parameter_roles")
+                raise RuntimeError(
+                    f"{type(self).__name__}: parameter '{name}' has no role; extend parameter_roles"
+                )
             roles[name] = prefixes[match]
         return roles
 

@@ -48,7 +48,9 @@ def resolve_head_specs(heads_cfg: Mapping, tasks: Mapping[str, Task]) -> dict[st
                 continue
             unknown = set(dict(value)) - set(HEAD_SETTINGS)
             if unknown:
-                raise ConfigError(f"heads.{key}: unknown setting(s) {sorted(unknown)}; use {', '.join(HEAD_SETTINGS)}")
+                raise ConfigError(
+                    f"heads.{key}: unknown setting(s) {sorted(unknown)}; use {', '.join(HEAD_SETTINGS)}"
+                )
             overrides[key] = dict(value)
         else:
             raise ConfigError(
@@ -75,7 +77,9 @@ class TaskHeads(nn.Module):
         for name, task in self.tasks.items():
             extra = sum(self.tasks[src].feature_dim for src in task.inputs_from)
             spec = specs[name]
-            self.heads[name] = mlp(in_dim + extra, list(spec.hidden), spec.activation, spec.dropout, task.out_dim)
+            self.heads[name] = mlp(
+                in_dim + extra, list(spec.hidden), spec.activation, spec.dropout, task.out_dim
+            )
 
     def forward(self, features: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``features``: one tensor all heads read, or a per-task dict (designs with task columns)."""

@@ -38,7 +38,9 @@ class TensorData:
     def __init__(self, splits: dict[str, Split]) -> None:
         missing = [s for s in SPLITS if s not in splits]
         if missing:
-            raise DataError(f"data set {self.name}: missing split(s) {missing}; every data set needs {SPLITS}")
+            raise DataError(
+                f"data set {self.name}: missing split(s) {missing}; every data set needs {SPLITS}"
+            )
         for split_name, split in splits.items():
             if len(split) == 0:
                 raise DataError(f"data set {self.name}: split '{split_name}' is empty; give it some rows")
@@ -77,8 +79,5 @@ class TensorData:
         n = len(data)
         order = torch.randperm(n, generator=generator).to(data.x.device) if shuffle else None
         for start in range(0, n, batch_size):
-            if order is None:
-                index = slice(start, start + batch_size)
-            else:
-                index = order[start : start + batch_size]
+            index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             yield {"x": data.x[index], "y": {k: v[index] for k, v in data.y.items()}}

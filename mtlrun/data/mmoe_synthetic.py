@@ -38,7 +38,9 @@ class MMoESynthetic(TensorData):
         if not -1.0 <= correlation <= 1.0:
             raise ConfigError(f"data.correlation: must lie in [-1, 1]; got {correlation}")
         if input_dim < 2:
-            raise ConfigError(f"data.input_dim: need at least 2 dimensions for two orthogonal vectors; got {input_dim}")
+            raise ConfigError(
+                f"data.input_dim: need at least 2 dimensions for two orthogonal vectors; got {input_dim}"
+            )
         gen = torch.Generator().manual_seed(seed)
         basis, _ = torch.linalg.qr(torch.randn(input_dim, 2, generator=gen))  # orthonormal columns
         u1, u2 = basis[:, 0], basis[:, 1]

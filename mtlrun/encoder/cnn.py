@@ -38,7 +38,9 @@ class CNNEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         with torch.no_grad():
             flat = self.features(torch.zeros(1, *in_shape)).shape[1]
-        self.project = nn.Sequential(nn.Linear(flat, out_dim), make_activation(activation), nn.Dropout(dropout))
+        self.project = nn.Sequential(
+            nn.Linear(flat, out_dim), make_activation(activation), nn.Dropout(dropout)
+        )
         self.out_dim = out_dim
 
     def forward(self, x: Tensor) -> Tensor:

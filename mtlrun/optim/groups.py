@@ -49,14 +49,16 @@ def parse_rules(groups_cfg: Mapping, task_names: list[str]) -> dict[str, dict]:
         settings = {}
         for key, value in dict(entry).items():
             if key in SETTINGS:
-                if value is not None and not isinstance(value, int | float):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                     raise ConfigError(f"optim.groups.{group}.{key}: expected a number, got {value!r}")
                 settings[key] = value
             elif group == "heads" and key in task_names:
                 task_settings = dict(value or {})
                 bad = set(task_settings) - set(SETTINGS)
                 if bad:
-                    raise ConfigError(f"optim.groups.heads.{key}: unknown setting(s) {sorted(bad)}; use lr, weight_decay")
+                    raise ConfigError(
+                        f"optim.groups.heads.{key}: unknown setting(s) {sorted(bad)}; use lr, weight_decay"
+                    )
                 rules[f"heads.{key}"] = task_settings
             else:
                 hint = f" or a task name ({', '.join(task_names)})" if group == "heads" else ""
@@ -79,7 +81,9 @@ def build_param_groups(model: MTLModel, weighting: nn.Module, groups_cfg: Mappin
                 f"parameter '{param_name}' belongs to group '{candidates[-1]}', which optim.groups does not "
                 f"declare; add optim.groups.{candidates[-1]}: {{lr: ...}}"
             )
-        group = groups.setdefault(name, ParamGroup(name, {k: v for k, v in rules[name].items() if v is not None}))
+        group = groups.setdefault(
+            name, ParamGroup(name, {k: v for k, v in rules[name].items() if v is not None})
+        )
         group.params.append(param)
         group.names.append(param_name)
 

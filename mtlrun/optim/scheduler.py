@@ -13,7 +13,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0) -> LambdaLR:
+def cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0
+) -> LambdaLR:
     """Linear warm-up over ``warmup_steps``, then cosine decay from 1 to ``min_factor`` at ``total_steps``."""
 
     def factor(step: int) -> float:
@@ -25,7 +27,9 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
     return LambdaLR(optimizer, factor)
 
 
-def step(optimizer: torch.optim.Optimizer, total_steps: int, every_fraction: float = 0.5, gamma: float = 0.1) -> LambdaLR:
+def step(
+    optimizer: torch.optim.Optimizer, total_steps: int, every_fraction: float = 0.5, gamma: float = 0.1
+) -> LambdaLR:
     """Multiply by ``gamma`` each time training passes another ``every_fraction`` of ``total_steps``."""
     every = max(1, int(total_steps * every_fraction))
     return LambdaLR(optimizer, lambda s: gamma ** (s // every))

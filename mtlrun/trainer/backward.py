@@ -25,7 +25,14 @@ def per_task_gradients(losses: Tensor, params: list[torch.nn.Parameter]) -> Tens
     rows = []
     for t in range(losses.shape[0]):
         grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]))
+        rows.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).flatten()
+                    for g, p in zip(grads, params, strict=True)
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -44,8 +51,9 @@ def backward(losses: Tensor, weighting: Weighting, model: MTLModel) -> Tensor:
         objective.backward()
         return objective.detach()
     shared = model.shared_parameters()
-    grads = per_task_gradients(losses, shared)
-    write_flat_grad(weighting.aggregate(grads), shared)
+    if shared:  # designs that share nothing (single_task) have no per-task gradients to balance
+        grads = per_task_gradients(losses, shared)
+        write_flat_grad(weighting.aggregate(grads), shared)
     owned = model.task_owned_parameters()
     total = losses.sum()
     if owned:

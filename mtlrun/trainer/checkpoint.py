@@ -51,7 +51,13 @@ def save(path: Path, model, weighting, optimizer, scheduler, shuffle: torch.Gene
 
 def _numpy_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "has_gauss": has_gauss,
+        "cached": cached,
+    }
 
 
 def resume(source: Path, out_dir: Path, model, weighting, optimizer, scheduler, shuffle, state_cls):
@@ -59,7 +65,9 @@ def resume(source: Path, out_dir: Path, model, weighting, optimizer, scheduler, 
     rows up to the checkpoint's epoch into this run's metrics.csv, so the new folder is complete."""
     path = source / "checkpoint.pt" if source.is_dir() else source
     if not path.exists():
-        raise ConfigError(f"resume: no checkpoint at {path}; point resume= at a run folder that has checkpoint.pt")
+        raise ConfigError(
+            f"resume: no checkpoint at {path}; point resume= at a run folder that has checkpoint.pt"
+        )
     saved = torch.load(path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(saved["model"])
@@ -78,7 +86,13 @@ def resume(source: Path, out_dir: Path, model, weighting, optimizer, scheduler, 
         torch.cuda.set_rng_state_all(rng["cuda"])
     np_state = rng["numpy"]
     np.random.set_state(
-        (np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"])
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
     )
     random.setstate(ast.literal_eval(rng["python"]))
     shuffle.set_state(rng["shuffle"])

@@ -26,7 +26,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    metrics = {name: {k: m.to(device) for k, m in task.make_metrics().items()} for name, task in tasks.items()}
+    metrics = {
+        name: {k: m.to(device) for k, m in task.make_metrics().items()} for name, task in tasks.items()
+    }
     loss_sum = dict.fromkeys(tasks, 0.0)
     count = 0
     for batch in islice(data.batches(split, batch_size), limit_batches):

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 import pandas as pd
 
 
-def results_frame(val: Mapping[str, Mapping[str, float]], test: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+def results_frame(
+    val: Mapping[str, Mapping[str, float]], test: Mapping[str, Mapping[str, float]]
+) -> pd.DataFrame:
     rows = [
         {"task": task, "metric": metric, "val": value, "test": test.get(task, {}).get(metric, float("nan"))}
         for task, metrics in val.items()

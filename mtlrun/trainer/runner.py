@@ -13,9 +13,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mtlrun import schema
 from mtlrun.architecture.base import MTLModel
 from mtlrun.data.base import TensorData
 from mtlrun.errors import ConfigError, TrainingError
@@ -74,7 +76,9 @@ def setup_data(cfg: DictConfig, tasks: Mapping[str, Task], device: torch.device)
     return data.to(device)
 
 
-def setup_model(cfg: DictConfig, tasks: Mapping[str, Task], data: TensorData, device: torch.device) -> MTLModel:
+def setup_model(
+    cfg: DictConfig, tasks: Mapping[str, Task], data: TensorData, device: torch.device
+) -> MTLModel:
     def encoder_factory() -> torch.nn.Module:
         return build(cfg.encoder, "encoder", in_shape=data.input_shape)
 
@@ -89,7 +93,11 @@ def setup_optimizer(cfg: DictConfig, groups: list[ParamGroup]) -> torch.optim.Op
     for group, torch_group in zip(groups, optimizer.param_groups, strict=True):
         log.info(
             "param group %-14s %3d tensors %9d params  lr %.3g  weight_decay %.3g",
-            group.name, len(group.params), group.numel, torch_group["lr"], torch_group.get("weight_decay", 0.0),
+            group.name,
+            len(group.params),
+            group.numel,
+            torch_group["lr"],
+            torch_group.get("weight_decay", 0.0),
         )
     return optimizer
 
@@ -115,7 +123,9 @@ class Monitor:
         task, _, metric = name.partition("/")
         if task not in tasks or (metric not in tasks[task].metrics and metric != "loss"):
             choices = ["loss"] + [f"{t}/{m}" for t, spec in tasks.items() for m in ["loss", *spec.metrics]]
-            raise ConfigError(f"trainer.monitor: '{name}' is not a validation quantity; choose one of {choices}")
+            raise ConfigError(
+                f"trainer.monitor: '{name}' is not a validation quantity; choose one of {choices}"
+            )
         return cls(name, metric != "loss" and tasks[task].higher_is_better(metric))
 
     def value(self, val: Mapping[str, Mapping[str, float]]) -> float:
@@ -146,7 +156,9 @@ class TrainState:
 # ------------------------------------------------------------------------------------------ the loop
 
 
-def task_losses(predictions: Mapping[str, torch.Tensor], batch: dict, tasks: Mapping[str, Task]) -> torch.Tensor:
+def task_losses(
+    predictions: Mapping[str, torch.Tensor], batch: dict, tasks: Mapping[str, Task]
+) -> torch.Tensor:
     """[T] mean loss of each task on the batch, in float32."""
     return torch.stack(
         [task.loss_mean(predictions[name].float(), batch["y"][task.target]) for name, task in tasks.items()]
@@ -165,8 +177,15 @@ def check_finite(losses: torch.Tensor, tasks: Mapping[str, Task], epoch: int, st
 
 
 def train_step(
-    forward, model: MTLModel, batch: dict, tasks: Mapping[str, Task], weighting: Weighting,
-    optimizer: torch.optim.Optimizer, scheduler, grad_clip: float | None = None, autocast=None,
+    forward,
+    model: MTLModel,
+    batch: dict,
+    tasks: Mapping[str, Task],
+    weighting: Weighting,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    grad_clip: float | None = None,
+    autocast=None,
     where: tuple[int, int] = (0, 0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: forward, per-task losses, weighting, backward, clip, step.
@@ -201,10 +220,142 @@ def make_progress(enabled: bool) -> Progress | None:
     )
 
 
+@dataclass
+class Setup:
+    """Everything the loop works with, built by :func:`setup` from the config."""
+
+    device: torch.device
+    tasks: dict[str, Task]
+    data: TensorData
+    model: MTLModel
+    weighting: Weighting
+    groups: list[ParamGroup]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    monitor: Monitor
+    steps_per_epoch: int
+    shuffle: torch.Generator  # draws the order of training batches
+    autocast: torch.autocast | None
+    forward: Callable  # the model, or its torch.compile'd version
+
+
+def setup(cfg: DictConfig) -> Setup:
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    trainer = cfg.trainer
+    device = resolve_device(trainer.device)
+    tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
+    data = setup_data(cfg, tasks, device)
+    model = setup_model(cfg, tasks, data, device)
+    weighting: Weighting = build(cfg.weighting, "weighting", tasks=tasks).to(device)
+    groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
+    optimizer = setup_optimizer(cfg, groups)
+    steps_per_epoch = min(
+        data.num_batches("train", trainer.batch_size), trainer.limit_train_batches or math.inf
+    )
+    return Setup(
+        device=device,
+        tasks=tasks,
+        data=data,
+        model=model,
+        weighting=weighting,
+        groups=groups,
+        optimizer=optimizer,
+        scheduler=setup_scheduler(cfg, optimizer, steps_per_epoch * trainer.epochs),
+        monitor=Monitor.from_config(trainer.monitor, tasks),
+        steps_per_epoch=steps_per_epoch,
+        shuffle=torch.Generator().manual_seed(cfg.seed),
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16)
+        if trainer.precision.value == "bf16"
+        else None,
+        forward=torch.compile(model) if trainer.compile else model,
+    )
+
+
+def describe(s: Setup) -> dict:
+    """The static part of summary.json: what was trained, on what, with which groups."""
+    return {
+        "device": str(s.device),
+        "data": {"name": s.data.name, "sizes": s.data.sizes()},
+        "tasks": {name: {"kind": t.kind, "metrics": t.metrics} for name, t in s.tasks.items()},
+        "architecture": type(s.model).__name__,
+        "weighting": {
+            "method": type(s.weighting).__name__,
+            "needs_task_grads": s.weighting.needs_task_grads,
+            "backward_passes_per_step": backward_passes_per_step(s.weighting, len(s.tasks)),
+        },
+        "parameters": s.model.parameter_counts()
+        | {"weighting": sum(p.numel() for p in s.weighting.parameters())},
+        "param_groups": [
+            {
+                "name": g.name,
+                "tensors": len(g.params),
+                "params": g.numel,
+                "lr": pg["lr"],
+                "weight_decay": pg.get("weight_decay", 0.0),
+            }
+            for g, pg in zip(s.groups, s.optimizer.param_groups, strict=True)
+        ],
+        "monitor": {"name": s.monitor.name, "higher_is_better": s.monitor.higher_is_better},
+    }
+
+
+def train_epoch(
+    s: Setup, trainer: DictConfig, epoch: int, state: TrainState, progress: Progress | None
+) -> dict:
+    """One pass over the training split; returns {task: {"loss": mean loss, "weight": mean weight}}."""
+    start = time.perf_counter()
+    loss_sums = torch.zeros(len(s.tasks), device=s.device)
+    weight_sums = torch.zeros(len(s.tasks), device=s.device)
+    batches = islice(
+        s.data.batches("train", trainer.batch_size, shuffle=True, generator=s.shuffle), s.steps_per_epoch
+    )
+    with progress or nullcontext():
+        bar = (
+            progress.add_task("", total=s.steps_per_epoch, epoch=f"{epoch}/{trainer.epochs}", loss=0.0)
+            if progress
+            else None
+        )
+        for batch in batches:
+            losses, objective = train_step(
+                s.forward,
+                s.model,
+                batch,
+                s.tasks,
+                s.weighting,
+                s.optimizer,
+                s.scheduler,
+                trainer.grad_clip,
+                s.autocast,
+                where=(epoch, state.step),
+            )
+            state.step += 1
+            loss_sums += losses
+            weight_sums += s.weighting.last_weights.to(s.device)
+            if bar is not None:
+                progress.update(bar, advance=1, loss=float(objective))
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    state.train_time_s += time.perf_counter() - start
+    state.epoch = epoch
+    mean_losses = loss_sums / s.steps_per_epoch
+    s.weighting.on_epoch_end(epoch, mean_losses)
+    mean_weights = (weight_sums / s.steps_per_epoch).tolist()
+    return {
+        name: {"loss": loss, "weight": w}
+        for name, loss, w in zip(s.tasks, mean_losses.tolist(), mean_weights, strict=True)
+    }
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Train and evaluate as ``cfg`` says, writing into ``out_dir``; returns the summary."""
     started = time.time()
-    summary: dict = {"status": "running", "error": None, "name": cfg.name, "seed": cfg.seed, "output_dir": str(out_dir)}
+    summary: dict = {
+        "status": "running",
+        "error": None,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "output_dir": str(out_dir),
+    }
     summary_path = out_dir / "summary.json"
     writer: MetricsWriter | None = None
     try:
@@ -212,119 +363,94 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             raise ConfigError(
                 f"output folder {out_dir} already holds a run (metrics.csv); set hydra.run.dir to a new folder"
             )
+        schema.validate(cfg)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(summary_path, summary)
 
-        seed_everything(cfg.seed, cfg.trainer.deterministic)
-        device = resolve_device(cfg.trainer.device)
-        tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
-        data = setup_data(cfg, tasks, device)
-        model = setup_model(cfg, tasks, data, device)
-        weighting: Weighting = build(cfg.weighting, "weighting", tasks=tasks).to(device)
-        groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
-        optimizer = setup_optimizer(cfg, groups)
+        s = setup(cfg)
         trainer = cfg.trainer
-        steps_per_epoch = data.num_batches("train", trainer.batch_size)
-        if trainer.limit_train_batches:
-            steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
-        scheduler = setup_scheduler(cfg, optimizer, steps_per_epoch * trainer.epochs)
-        monitor = Monitor.from_config(trainer.monitor, tasks)
-        shuffle = torch.Generator().manual_seed(cfg.seed)
-        autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if trainer.precision.value == "bf16" else None
-        )
-        forward = torch.compile(model) if trainer.compile else model
         state = TrainState()
         if cfg.resume:
             state = checkpoint.resume(
-                Path(cfg.resume), out_dir, model, weighting, optimizer, scheduler, shuffle, TrainState
+                Path(cfg.resume),
+                out_dir,
+                s.model,
+                s.weighting,
+                s.optimizer,
+                s.scheduler,
+                s.shuffle,
+                TrainState,
             )
-        summary |= {
-            "device": str(device),
-            "data": {"name": data.name, "sizes": data.sizes()},
-            "tasks": {name: {"kind": t.kind, "metrics": t.metrics} for name, t in tasks.items()},
-            "architecture": type(model).__name__,
-            "weighting": {
-                "method": type(weighting).__name__,
-                "needs_task_grads": weighting.needs_task_grads,
-                "backward_passes_per_step": backward_passes_per_step(weighting, len(tasks)),
-            },
-            "parameters": model.parameter_counts() | {"weighting": sum(p.numel() for p in weighting.parameters())},
-            "param_groups": [
-                {"name": g.name, "tensors": len(g.params), "params": g.numel, "lr": pg["lr"],
-                 "weight_decay": pg.get("weight_decay", 0.0)}
-                for g, pg in zip(groups, optimizer.param_groups, strict=True)
-            ],
-            "monitor": {"name": monitor.name, "higher_is_better": monitor.higher_is_better, "select": trainer.select.value},
-        }
+        summary |= describe(s) | {"select": trainer.select.value}
         writer = MetricsWriter(out_dir / "metrics.csv")
         progress = make_progress(trainer.progress)
         log.info(
             "training %s with %s weighting on %s: %d epochs x %d steps",
-            type(model).__name__, type(weighting).__name__, device, trainer.epochs, steps_per_epoch,
+            type(s.model).__name__,
+            type(s.weighting).__name__,
+            s.device,
+            trainer.epochs,
+            s.steps_per_epoch,
         )
 
-        model.train()
+        s.model.train()
         for epoch in range(state.epoch + 1, trainer.epochs + 1):
-            # ---- train one epoch
-            epoch_start = time.perf_counter()
-            loss_sums = torch.zeros(len(tasks), device=device)
-            weight_sums = torch.zeros(len(tasks), device=device)
-            batches = data.batches("train", trainer.batch_size, shuffle=True, generator=shuffle)
-            with progress or nullcontext():
-                bar = progress.add_task("", total=steps_per_epoch, epoch=f"{epoch}/{trainer.epochs}", loss=0.0) if progress else None
-                for i, batch in enumerate(batches):
-                    if i == steps_per_epoch:
-                        break
-                    losses, objective = train_step(
-                        forward, model, batch, tasks, weighting, optimizer, scheduler, trainer.grad_clip, autocast,
-                        where=(epoch, state.step),
-                    )
-                    state.step += 1
-                    loss_sums += losses
-                    weight_sums += weighting.last_weights.to(device)
-                    if bar is not None:
-                        progress.update(bar, advance=1, loss=float(objective))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            state.train_time_s += time.perf_counter() - epoch_start
-            state.epoch = epoch
-            mean_losses = loss_sums / steps_per_epoch
-            weighting.on_epoch_end(epoch, mean_losses)
-            train_rows = {
-                name: {"loss": mean_losses[i].item(), "weight": (weight_sums[i] / steps_per_epoch).item()}
-                for i, name in enumerate(tasks)
-            }
+            train_rows = train_epoch(s, trainer, epoch, state, progress)
             writer.write(epoch, state.step, "train", train_rows)
+            if epoch % trainer.eval_every and epoch != trainer.epochs:
+                continue
 
-            # ---- evaluate on val and test; select on val only; save state and the summary so far
-            if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
-                val, test = (
-                    evaluate(model, data, split, tasks, trainer.eval_batch_size, trainer.limit_eval_batches, autocast)
-                    for split in ("val", "test")
+            # evaluate on val and test; select on val only; save the state and the summary so far
+            val, test = (
+                evaluate(
+                    s.model,
+                    s.data,
+                    split,
+                    s.tasks,
+                    trainer.eval_batch_size,
+                    trainer.limit_eval_batches,
+                    s.autocast,
                 )
-                writer.write(epoch, state.step, "val", val)
-                writer.write(epoch, state.step, "test", test)
-                value = monitor.value(val)
-                if trainer.select.value == "last" or monitor.improved(value, state.best_value):
-                    state.best_epoch, state.best_value, state.best_val, state.best_test = epoch, value, val, test
-                    if trainer.checkpoint:
-                        checkpoint.save_model(out_dir / "best_model.pt", model)
-                log.info(
-                    "epoch %d/%d  train loss %s  val %s  %s %.4g%s",
-                    epoch, trainer.epochs, _fmt({n: r["loss"] for n, r in train_rows.items()}),
-                    _fmt({f"{t}/{m}": v for t, row in val.items() for m, v in row.items() if m != "loss"}),
-                    monitor.name, value, " *" if state.best_epoch == epoch else "",
-                )
+                for split in ("val", "test")
+            )
+            writer.write(epoch, state.step, "val", val)
+            writer.write(epoch, state.step, "test", test)
+            value = s.monitor.value(val)
+            if trainer.select.value == "last" or s.monitor.improved(value, state.best_value):
+                state.best_epoch, state.best_value, state.best_val, state.best_test = epoch, value, val, test
                 if trainer.checkpoint:
-                    checkpoint.save(out_dir / "checkpoint.pt", model, weighting, optimizer, scheduler, shuffle, state)
-                summary |= _progress_fields(state, started, weighting)
-                write_json(summary_path, summary)
+                    checkpoint.save_model(out_dir / "best_model.pt", s.model)
+            log.info(
+                "epoch %d/%d  train loss %s  val %s  %s %.4g%s",
+                epoch,
+                trainer.epochs,
+                _fmt({n: r["loss"] for n, r in train_rows.items()}),
+                _fmt({f"{t}/{m}": v for t, row in val.items() for m, v in row.items() if m != "loss"}),
+                s.monitor.name,
+                value,
+                " *" if state.best_epoch == epoch else "",
+            )
+            if trainer.checkpoint:
+                checkpoint.save(
+                    out_dir / "checkpoint.pt",
+                    s.model,
+                    s.weighting,
+                    s.optimizer,
+                    s.scheduler,
+                    s.shuffle,
+                    state,
+                )
+            summary |= _progress_fields(state, started, s.weighting)
+            write_json(summary_path, summary)
 
-        summary |= _progress_fields(state, started, weighting) | {"status": "completed"}
+        summary |= _progress_fields(state, started, s.weighting) | {"status": "completed"}
         write_json(summary_path, summary)
-        log.info("results at epoch %s (selected on validation %s):\n%s", state.best_epoch, monitor.name,
-                 results_table(state.best_val, state.best_test))
+        log.info(
+            "results at epoch %s (selected on validation %s):\n%s",
+            state.best_epoch,
+            s.monitor.name,
+            results_table(state.best_val, state.best_test),
+        )
         log.info("outputs in %s", out_dir)
         return summary
     except BaseException as err:

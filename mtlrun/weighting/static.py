@@ -13,7 +13,9 @@ from mtlrun.weighting.base import Weighting
 
 
 class Static(Weighting):
-    def __init__(self, tasks: Mapping[str, Task], weights: Mapping[str, float] | None = None, default: float = 1.0):
+    def __init__(
+        self, tasks: Mapping[str, Task], weights: Mapping[str, float] | None = None, default: float = 1.0
+    ):
         super().__init__(tasks)
         weights = dict(weights or {})
         unknown = set(weights) - set(self.task_names)
@@ -23,7 +25,9 @@ class Static(Weighting):
             )
         values = [float(weights.get(t, default)) for t in self.task_names]
         if any(v < 0 for v in values):
-            raise ConfigError(f"weighting.weights: weights must be >= 0; got {dict(zip(self.task_names, values))}")
+            raise ConfigError(
+                f"weighting.weights: weights must be >= 0; got {dict(zip(self.task_names, values, strict=True))}"
+            )
         self.last_weights = torch.tensor(values)
 
     def combine(self, losses: Tensor) -> Tensor:

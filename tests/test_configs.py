@@ -219,18 +219,27 @@ KEY_LINE = re.compile(r"^\s*[A-Za-z_][\w.]*:")
 def undocumented_lines(text: str) -> list[str]:
     """Key lines (parent keys and ``_target_`` included) without a ``#`` comment on the same line."""
     bad = []
+    block_indent = None  # indent of the key that opened a block scalar (`key: |`); its lines are text
     for number, line in enumerate(text.splitlines(), 1):
+        indent = len(line) - len(line.lstrip())
+        if block_indent is not None and (not line.strip() or indent > block_indent):
+            continue
+        block_indent = None
         if not KEY_LINE.match(line):
             continue  # comments, blank lines, `  - item` entries of the defaults list
-        _, _, comment = line.partition("#")
+        code, _, comment = line.partition("#")
         if not comment.strip():
             bad.append(f"{number}: {line}")
+        if code.rstrip().endswith(("|", "|-", ">", ">-")):
+            block_indent = indent
     return bad
 
 
 def test_comment_checker_flags_an_undocumented_key():
     text = "parent:  # what\n  documented: 1  # why\n  bare: 2\n_target_: a.B\nnested:\n"
     assert undocumented_lines(text) == ["3:   bare: 2", "4: _target_: a.B", "5: nested:"]
+    block = "text: |  # a block\n  usage: not a key\n\n  more: text\nafter: 1\n"
+    assert undocumented_lines(block) == ["5: after: 1"]
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(CONF)) for p in YAML_FILES])

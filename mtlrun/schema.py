@@ -114,6 +114,8 @@ def validate(cfg: Any) -> None:
         plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
         OmegaConf.merge(OmegaConf.structured(MtlrunConfig), plain)
     except ConfigKeyError as err:
-        raise ConfigError(f"{err.full_key}: unknown key (check its spelling; `mtlrun --cfg job` lists every key)") from None
+        raise ConfigError(
+            f"{err.full_key}: unknown key (check its spelling; `mtlrun --cfg job` lists every key)"
+        ) from None
     except ValidationError as err:
         raise ConfigError(f"{err.full_key}: {err.msg}") from None

@@ -167,7 +167,9 @@ def test_help_and_cfg_job_do_not_import_torch() -> None:
     assert "weighting: equal, static, uncertainty" in help_text.stdout
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+)
 def test_every_experiment_preset_runs_at_smoke_size(tmp_path: Path, experiment: str) -> None:
     result = run_in(tmp_path / experiment, f"experiment={experiment}")
     assert result.returncode == 0, result.stdout + result.stderr

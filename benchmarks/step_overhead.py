@@ -18,6 +18,7 @@ import torch.nn as nn
 from mtlrun.architecture.hard_sharing import HardSharing
 from mtlrun.encoder.mlp import MLPEncoder
 from mtlrun.tasks import Task
+from mtlrun.trainer.backward import BackwardEngine
 from mtlrun.trainer.runner import train_step
 from mtlrun.weighting.equal import Equal
 from mtlrun.weighting.uncertainty import Uncertainty
@@ -35,7 +36,8 @@ def mtlrun_variant(tasks, batch, weighting_cls):
     model = HardSharing(lambda: MLPEncoder((32,), [256, 256, 128]), tasks, {"hidden": []})
     weighting = weighting_cls(tasks)
     optimizer = torch.optim.AdamW([*model.parameters(), *weighting.parameters()], lr=1e-3)
-    return lambda: train_step(model, model, batch, tasks, weighting, optimizer, None)
+    engine = BackwardEngine(model, weighting)
+    return lambda: train_step(model, batch, tasks, engine, optimizer, None)
 
 
 def plain_variant(tasks, batch):

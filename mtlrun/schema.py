@@ -62,6 +62,8 @@ class TrainerConfig:
     compile: bool = False
     deterministic: bool = False
     grad_clip: Optional[float] = None
+    grad_cosine_every: int = 50
+    grad_cosine_for_loss_based: bool = False
     monitor: str = "loss"
     select: Select = Select.best
     eval_every: int = 1

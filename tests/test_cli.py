@@ -24,6 +24,11 @@ def run_in(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
     return mtlrun(*SMOKE, f"hydra.run.dir={folder}", *overrides)
 
 
+def without_timing(table: pd.DataFrame) -> pd.DataFrame:
+    """Every row but the wall-clock ones (time per step), which no two runs share."""
+    return table[table.metric != "time_per_step_s"].reset_index(drop=True)
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cli") / "run"
@@ -44,10 +49,12 @@ def test_metrics_csv_is_long_format_with_every_row(smoke_run: Path) -> None:
     assert list(table.columns) == ["epoch", "step", "split", "task", "metric", "value"]
     assert sorted(table.epoch.unique()) == [1, 2]
     assert set(table.split) == {"train", "val", "test"}
-    assert set(table.task) == {"left", "right", "sum"}
-    train = table[table.split == "train"]
+    assert set(table.task) == {"left", "right", "sum", "all"}
+    train = table[(table.split == "train") & (table.task != "all")]
     assert set(train.metric) == {"loss", "weight"}
     assert len(train) == 2 * 3 * 2  # epochs x tasks x (loss, weight)
+    timing = table[table.task == "all"]
+    assert set(timing.metric) == {"time_per_step_s"} and len(timing) == 2 and (timing.value > 0).all()
     assert (train[train.metric == "weight"].value == 1.0).all()  # equal weighting
     for split in ("val", "test"):
         rows = table[table.split == split]
@@ -71,7 +78,7 @@ def test_summary_records_selection_timing_and_parameters(smoke_run: Path) -> Non
         v for k, v in params.items() if k.startswith("task.")
     )
     assert {g["name"] for g in summary["param_groups"]} == {"shared", "heads"}
-    assert summary["weighting"]["backward_passes_per_step"] == 1
+    assert summary["backward_passes_per_step"] == 1
     table = pd.read_csv(smoke_run / "metrics.csv")
     best = table[(table.epoch == summary["best_epoch"]) & (table.split == "test")]
     value = best[(best.task == "left") & (best.metric == "accuracy")].value.item()
@@ -81,12 +88,12 @@ def test_summary_records_selection_timing_and_parameters(smoke_run: Path) -> Non
 def test_same_seed_gives_identical_metrics(tmp_path: Path, smoke_run: Path) -> None:
     again = run_in(tmp_path / "again")
     assert again.returncode == 0, again.stderr
-    first = pd.read_csv(smoke_run / "metrics.csv")
-    second = pd.read_csv(tmp_path / "again" / "metrics.csv")
+    first = without_timing(pd.read_csv(smoke_run / "metrics.csv"))
+    second = without_timing(pd.read_csv(tmp_path / "again" / "metrics.csv"))
     pd.testing.assert_frame_equal(first, second)
     other = run_in(tmp_path / "other", "seed=1")
     assert other.returncode == 0, other.stderr
-    assert not pd.read_csv(tmp_path / "other" / "metrics.csv").value.equals(first.value)
+    assert not without_timing(pd.read_csv(tmp_path / "other" / "metrics.csv")).value.equals(first.value)
 
 
 def test_multirun_makes_one_folder_per_job(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from mtlrun.errors import ConfigError
 from mtlrun.instantiate import build
 from mtlrun.tasks import build_tasks
-from mtlrun.trainer.backward import backward, backward_passes_per_step
+from mtlrun.trainer.backward import BackwardEngine
 from mtlrun.trainer.runner import run, task_losses
-from mtlrun.weighting.base import Weighting
+from mtlrun.weighting.base import GradientWeighting, Weighting
 from mtlrun.weighting.equal import Equal
 
 
@@ -164,25 +164,28 @@ def test_uncertainty_learns_the_noise_of_kendalls_toy(tmp_path):
 # ------------------------------------------------------------------------------------ gradient-based path
 
 
-class SumOfTaskGrads(Weighting):
-    needs_task_grads = True
+class SumOfTaskGrads(GradientWeighting):
+    direction_is_weighted_sum = True
 
-    def aggregate(self, grads):
+    def aggregate(self, grads, losses=None):
+        self.last_weights = torch.ones(len(grads))
         return grads.sum(0)
 
 
-class MeanOfTaskGrads(Weighting):
-    needs_task_grads = True
+class MeanOfTaskGrads(GradientWeighting):
+    direction_is_weighted_sum = True
 
-    def aggregate(self, grads):
+    def aggregate(self, grads, losses=None):
+        self.last_weights = torch.full((len(grads),), 1.0 / len(grads))
         return grads.mean(0)
 
 
-def grads_after_backward(built, weighting, batch):
+def grads_after_backward(built, weighting, batch, engine=None):
     model = built.model
     model.zero_grad(set_to_none=True)
     losses = task_losses(model(batch), batch, built.tasks)
-    objective = backward(losses, weighting, model)
+    engine = engine or BackwardEngine(model, weighting)
+    objective = engine.backward(losses)
     assert torch.isfinite(objective)
     return {
         n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
@@ -190,25 +193,79 @@ def grads_after_backward(built, weighting, batch):
     }
 
 
-@pytest.mark.parametrize(
-    "architecture",
-    options("architecture"),
-)
+def assert_same_grads(actual, expected):
+    for name, grad in expected.items():
+        assert torch.allclose(actual[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("architecture", options("architecture"))
 def test_gradient_path_with_summed_task_grads_equals_equal_weighting(architecture):
     built = build_objects(small_cfg([f"architecture={architecture}"]))
     batch = first_batch(built.data, 8)
     tasks = built.tasks
     reference = grads_after_backward(built, Equal(tasks), batch)
-    assert backward_passes_per_step(SumOfTaskGrads(tasks), len(tasks)) == len(tasks) + 1
-
-    summed = grads_after_backward(built, SumOfTaskGrads(tasks), batch)
-    for name, grad in reference.items():
-        assert torch.allclose(summed[name], grad, rtol=1e-4, atol=1e-6), name
+    assert_same_grads(grads_after_backward(built, SumOfTaskGrads(tasks), batch), reference)
 
     roles = built.model.parameter_roles()
     mean = grads_after_backward(built, MeanOfTaskGrads(tasks), batch)
-    for name, grad in reference.items():
-        expected = grad / len(tasks) if roles[name].task is None else grad  # heads keep their own gradient
-        assert torch.allclose(mean[name], expected, rtol=1e-4, atol=1e-6), name
+    expected = {
+        n: g / len(tasks) if roles[n].task is None else g for n, g in reference.items()
+    }  # heads keep theirs
+    assert_same_grads(mean, expected)
     if built.model.shared_parameters():  # the comparison above must have covered non-trivial shared grads
         assert any(roles[n].task is None and grad.abs().sum() > 0 for n, grad in reference.items())
+
+
+def test_representation_source_backpropagates_the_direction_through_the_trunk():
+    built = build_objects(small_cfg(["architecture=hard_sharing"]))
+    batch = first_batch(built.data, 8)
+    tasks = built.tasks
+    reference = grads_after_backward(built, Equal(tasks), batch)
+    engine = BackwardEngine(built.model, SumOfTaskGrads(tasks, grad_source="representation"))
+    assert_same_grads(grads_after_backward(built, engine.weighting, batch, engine), reference)
+    assert engine.passes_per_step() == len(tasks) + 2  # heads, T cheap passes to the representation, trunk
+
+
+def test_representation_source_needs_an_architecture_that_has_one():
+    built = build_objects(small_cfg(["architecture=single_task"]))
+    with pytest.raises(ConfigError, match="no shared representation"):
+        BackwardEngine(built.model, SumOfTaskGrads(built.tasks, grad_source="representation"))
+
+
+def test_update_every_reuses_the_last_weights_with_one_backward_pass():
+    built = build_objects(small_cfg(["architecture=hard_sharing"]))
+    batch = first_batch(built.data, 8)
+    tasks = built.tasks
+    weighting = MeanOfTaskGrads(tasks, update_every=3)
+    engine = BackwardEngine(built.model, weighting)
+    first = grads_after_backward(built, weighting, batch, engine)
+    assert engine.backward_passes == len(tasks) + 1
+    second = grads_after_backward(built, weighting, batch, engine)  # reuses weights 1/T: same gradients
+    assert engine.backward_passes == len(tasks) + 2
+    roles = built.model.parameter_roles()
+    shared_only = {n: g for n, g in first.items() if roles[n].task is None}
+    assert_same_grads(second, shared_only)
+
+
+def test_update_every_is_refused_for_methods_without_weights():
+    class Projection(GradientWeighting):
+        def aggregate(self, grads, losses=None):
+            return grads.sum(0)
+
+    with pytest.raises(ConfigError, match="update_every"):
+        Projection({"a": None, "b": None}, update_every=2)
+
+
+def test_cosine_of_task_gradients_is_sampled_for_gradient_methods():
+    built = build_objects(small_cfg(["architecture=hard_sharing"]))
+    batch = first_batch(built.data, 8)
+    engine = BackwardEngine(built.model, SumOfTaskGrads(built.tasks), cosine_every=2)
+    for _ in range(4):
+        grads_after_backward(built, engine.weighting, batch, engine)
+    cosines = engine.pop_cosines()
+    assert set(cosines) == {"left~right", "left~sum", "right~sum"}
+    assert all(-1.0 <= v <= 1.0 for v in cosines.values())
+    assert engine.pop_cosines() == {}
+    loss_based = BackwardEngine(built.model, Equal(built.tasks), cosine_every=1)
+    grads_after_backward(built, loss_based.weighting, batch, loss_based)
+    assert loss_based.pop_cosines() == {} and loss_based.backward_passes == 1  # off for loss-based methods

@@ -64,6 +64,17 @@ class MTLModel(nn.Module):
         roles = self.parameter_roles()
         return [p for n, p in self.named_parameters() if p.requires_grad and roles[n].task is None]
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the last shared layer (GradNorm's W): the last module, in registration order, whose
+        own parameters are all shared. Empty when nothing is shared."""
+        shared = {id(p) for p in self.shared_parameters()}
+        last: list[nn.Parameter] = []
+        for module in self.modules():
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if params and all(id(p) in shared for p in params):
+                last = params
+        return last
+
     def task_owned_parameters(self) -> list[nn.Parameter]:
         roles = self.parameter_roles()
         return [p for n, p in self.named_parameters() if p.requires_grad and roles[n].task is not None]

@@ -1,35 +1,46 @@
 """From per-task losses to gradients in ``.grad``, for both families of weighting methods.
 
 Loss-based methods give one scalar: one backward pass. Gradient-based methods need the [T, P] matrix of
-per-task gradients of the shared parameters: T backward passes through the shared part (the graph is kept
-between them), then the method's direction is written into the shared parameters' ``.grad``, and one more
-backward of the summed losses, restricted to task-owned parameters, gives each head its own task's
-gradient.
+per-task gradients, computed only for them and only for the shared part:
+
+* ``grad_source=shared_params``: T backward passes through the shared part (the graph is kept between
+  them); the method's direction is written into the shared parameters' ``.grad``.
+* ``grad_source=representation``: T cheap backward passes from the losses to the shared representation
+  (through the heads only); the method's direction over the representation is then backpropagated once
+  through the trunk (MGDA-UB's trick).
+
+In both cases one more backward of the summed losses, restricted to task-owned parameters, gives each
+head the gradient of its own task's loss. Methods whose direction is a weighted sum of the task gradients
+may recompute only every ``update_every`` steps; in between, the last weights weigh the losses and one
+backward pass does.
+
+The engine also samples the pairwise cosine similarity of the task gradients every ``cosine_every`` steps:
+free when the matrix is computed anyway, an extra T backward passes for loss-based methods (off unless
+``cosine_for_loss_based``).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import Tensor
 
 from mtlrun.architecture.base import MTLModel
+from mtlrun.errors import ConfigError
 from mtlrun.weighting.base import Weighting
 
 
-def backward_passes_per_step(weighting: Weighting, num_tasks: int) -> int:
-    return num_tasks + 1 if weighting.needs_task_grads else 1
-
-
-def per_task_gradients(losses: Tensor, params: list[torch.nn.Parameter]) -> Tensor:
-    """[T, P]: row t is the gradient of losses[t] with respect to ``params``, flattened."""
+def per_task_gradients(losses: Tensor, inputs: list[Tensor]) -> Tensor:
+    """[T, P]: row t is the gradient of losses[t] with respect to ``inputs``, flattened and concatenated."""
     rows = []
     for t in range(losses.shape[0]):
-        grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(losses[t], inputs, retain_graph=True, allow_unused=True)
         rows.append(
             torch.cat(
                 [
-                    (g if g is not None else torch.zeros_like(p)).flatten()
-                    for g, p in zip(grads, params, strict=True)
+                    (g if g is not None else torch.zeros_like(x)).reshape(-1)
+                    for g, x in zip(grads, inputs, strict=True)
                 ]
             )
         )
@@ -37,6 +48,7 @@ def per_task_gradients(losses: Tensor, params: list[torch.nn.Parameter]) -> Tens
 
 
 def write_flat_grad(direction: Tensor, params: list[torch.nn.Parameter]) -> None:
+    """Write a flat [P] direction into the ``.grad`` of ``params`` (replacing what was there)."""
     offset = 0
     for p in params:
         n = p.numel()
@@ -44,18 +56,92 @@ def write_flat_grad(direction: Tensor, params: list[torch.nn.Parameter]) -> None
         offset += n
 
 
-def backward(losses: Tensor, weighting: Weighting, model: MTLModel) -> Tensor:
-    """Fill ``.grad`` of the model and weighting parameters; returns the scalar objective (for logging)."""
-    if not weighting.needs_task_grads:
-        objective = weighting.combine(losses)
+def cosine_matrix(grads: Tensor) -> Tensor:
+    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.T
+
+
+class BackwardEngine:
+    def __init__(
+        self,
+        model: MTLModel,
+        weighting: Weighting,
+        cosine_every: int = 0,
+        cosine_for_loss_based: bool = False,
+    ) -> None:
+        self.model = model
+        self.weighting = weighting
+        self.source = getattr(weighting, "grad_source", "shared_params")
+        self.update_every = getattr(weighting, "update_every", 1)
+        if weighting.needs_task_grads and self.source == "representation" and not model.has_representation:
+            raise ConfigError(
+                f"weighting.grad_source=representation: {type(model).__name__} exposes no shared representation; "
+                "use weighting.grad_source=shared_params"
+            )
+        self.cosine_every = cosine_every if (weighting.needs_task_grads or cosine_for_loss_based) else 0
+        self.shared = model.shared_parameters()
+        self.owned = model.task_owned_parameters()
+        self.steps = 0
+        self.backward_passes = 0
+        self._cosine_sum: Tensor | None = None
+        self._cosine_count = 0
+
+    # ------------------------------------------------------------------------------------------- step
+    def backward(self, losses: Tensor) -> Tensor:
+        """Fill ``.grad`` of the model and weighting parameters; returns the scalar objective (detached)."""
+        self.steps += 1
+        sample_cosine = bool(self.cosine_every) and self.steps % self.cosine_every == 0 and bool(self.shared)
+        w = self.weighting
+        if not w.needs_task_grads:
+            if sample_cosine:
+                self._record_cosine(per_task_gradients(losses, self.shared))
+                self.backward_passes += len(losses)
+            objective = w.combine(losses)
+            objective.backward()
+            self.backward_passes += 1
+            return objective.detach()
+        if not self.shared:  # designs that share nothing (single_task) have nothing to balance
+            return self._plain(losses.sum())
+        if (self.steps - 1) % self.update_every:
+            return self._plain((w.last_weights.to(losses.dtype) * losses).sum())
+
+        total = losses.sum()
+        if self.owned:
+            torch.autograd.backward(total, inputs=self.owned, retain_graph=True)
+            self.backward_passes += 1
+        if self.source == "representation":
+            rep = self.model.shared_representation
+            grads = per_task_gradients(losses, [rep])
+            direction = w.aggregate(grads, losses.detach())
+            torch.autograd.backward(rep, direction.view_as(rep).to(rep.dtype), inputs=self.shared)
+            self.backward_passes += len(losses) + 1
+        else:
+            grads = per_task_gradients(losses, self.shared)
+            write_flat_grad(w.aggregate(grads, losses.detach()), self.shared)
+            self.backward_passes += len(losses)
+        if sample_cosine:
+            self._record_cosine(grads)
+        return total.detach()
+
+    def _plain(self, objective: Tensor) -> Tensor:
         objective.backward()
+        self.backward_passes += 1
         return objective.detach()
-    shared = model.shared_parameters()
-    if shared:  # designs that share nothing (single_task) have no per-task gradients to balance
-        grads = per_task_gradients(losses, shared)
-        write_flat_grad(weighting.aggregate(grads), shared)
-    owned = model.task_owned_parameters()
-    total = losses.sum()
-    if owned:
-        torch.autograd.backward(total, inputs=owned)
-    return total.detach()
+
+    # ----------------------------------------------------------------------------------- diagnostics
+    def _record_cosine(self, grads: Tensor) -> None:
+        cos = cosine_matrix(grads.detach().float())
+        self._cosine_sum = cos if self._cosine_sum is None else self._cosine_sum + cos
+        self._cosine_count += 1
+
+    def pop_cosines(self) -> dict[str, float]:
+        """Mean pairwise cosine similarity of task gradients since the last call: {"a~b": value}."""
+        if self._cosine_sum is None:
+            return {}
+        mean = (self._cosine_sum / self._cosine_count).tolist()
+        names = self.weighting.task_names
+        self._cosine_sum, self._cosine_count = None, 0
+        return {f"{names[i]}~{names[j]}": mean[i][j] for i, j in itertools.combinations(range(len(names)), 2)}
+
+    def passes_per_step(self) -> float:
+        return self.backward_passes / max(self.steps, 1)

@@ -33,7 +33,7 @@ from mtlrun.instantiate import build
 from mtlrun.optim.groups import ParamGroup, build_param_groups, optimizer_param_groups
 from mtlrun.tasks import Task, build_tasks
 from mtlrun.trainer import checkpoint
-from mtlrun.trainer.backward import backward, backward_passes_per_step
+from mtlrun.trainer.backward import BackwardEngine
 from mtlrun.trainer.evaluate import evaluate
 from mtlrun.trainer.outputs import MetricsWriter, atomic_write_text, write_json
 from mtlrun.trainer.report import results_table
@@ -178,10 +178,9 @@ def check_finite(losses: torch.Tensor, tasks: Mapping[str, Task], epoch: int, st
 
 def train_step(
     forward,
-    model: MTLModel,
     batch: dict,
     tasks: Mapping[str, Task],
-    weighting: Weighting,
+    engine: BackwardEngine,
     optimizer: torch.optim.Optimizer,
     scheduler,
     grad_clip: float | None = None,
@@ -195,9 +194,9 @@ def train_step(
     losses = task_losses(predictions, batch, tasks)
     check_finite(losses, tasks, *where)
     optimizer.zero_grad(set_to_none=True)
-    objective = backward(losses, weighting, model)
+    objective = engine.backward(losses)
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(engine.model.parameters(), grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -229,6 +228,7 @@ class Setup:
     data: TensorData
     model: MTLModel
     weighting: Weighting
+    engine: BackwardEngine  # per-task losses -> gradients, for both families of weighting methods
     groups: list[ParamGroup]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
@@ -247,6 +247,8 @@ def setup(cfg: DictConfig) -> Setup:
     data = setup_data(cfg, tasks, device)
     model = setup_model(cfg, tasks, data, device)
     weighting: Weighting = build(cfg.weighting, "weighting", tasks=tasks).to(device)
+    weighting.attach(model)
+    engine = BackwardEngine(model, weighting, trainer.grad_cosine_every, trainer.grad_cosine_for_loss_based)
     groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
     optimizer = setup_optimizer(cfg, groups)
     steps_per_epoch = min(
@@ -258,6 +260,7 @@ def setup(cfg: DictConfig) -> Setup:
         data=data,
         model=model,
         weighting=weighting,
+        engine=engine,
         groups=groups,
         optimizer=optimizer,
         scheduler=setup_scheduler(cfg, optimizer, steps_per_epoch * trainer.epochs),
@@ -281,7 +284,8 @@ def describe(s: Setup) -> dict:
         "weighting": {
             "method": type(s.weighting).__name__,
             "needs_task_grads": s.weighting.needs_task_grads,
-            "backward_passes_per_step": backward_passes_per_step(s.weighting, len(s.tasks)),
+            "grad_source": getattr(s.weighting, "grad_source", None),
+            "update_every": getattr(s.weighting, "update_every", None),
         },
         "parameters": s.model.parameter_counts()
         | {"weighting": sum(p.numel() for p in s.weighting.parameters())},
@@ -302,7 +306,9 @@ def describe(s: Setup) -> dict:
 def train_epoch(
     s: Setup, trainer: DictConfig, epoch: int, state: TrainState, progress: Progress | None
 ) -> dict:
-    """One pass over the training split; returns {task: {"loss": mean loss, "weight": mean weight}}."""
+    """One pass over the training split. Returns the rows for metrics.csv: {task: {"loss": mean loss,
+    "weight": mean weight}}, {"a~b": {"grad_cosine": mean}} for sampled task-gradient cosines, and
+    {"all": {"time_per_step_s": ...}}."""
     start = time.perf_counter()
     loss_sums = torch.zeros(len(s.tasks), device=s.device)
     weight_sums = torch.zeros(len(s.tasks), device=s.device)
@@ -318,10 +324,9 @@ def train_epoch(
         for batch in batches:
             losses, objective = train_step(
                 s.forward,
-                s.model,
                 batch,
                 s.tasks,
-                s.weighting,
+                s.engine,
                 s.optimizer,
                 s.scheduler,
                 trainer.grad_clip,
@@ -340,10 +345,13 @@ def train_epoch(
     mean_losses = loss_sums / s.steps_per_epoch
     s.weighting.on_epoch_end(epoch, mean_losses)
     mean_weights = (weight_sums / s.steps_per_epoch).tolist()
-    return {
+    rows: dict[str, dict[str, float]] = {
         name: {"loss": loss, "weight": w}
         for name, loss, w in zip(s.tasks, mean_losses.tolist(), mean_weights, strict=True)
     }
+    rows |= {pair: {"grad_cosine": value} for pair, value in s.engine.pop_cosines().items()}
+    rows["all"] = {"time_per_step_s": (time.perf_counter() - start) / s.steps_per_epoch}
+    return rows
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -424,7 +432,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 "epoch %d/%d  train loss %s  val %s  %s %.4g%s",
                 epoch,
                 trainer.epochs,
-                _fmt({n: r["loss"] for n, r in train_rows.items()}),
+                _fmt({name: train_rows[name]["loss"] for name in s.tasks}),
                 _fmt({f"{t}/{m}": v for t, row in val.items() for m, v in row.items() if m != "loss"}),
                 s.monitor.name,
                 value,
@@ -440,10 +448,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                     s.shuffle,
                     state,
                 )
-            summary |= _progress_fields(state, started, s.weighting)
+            summary |= _progress_fields(state, started, s)
             write_json(summary_path, summary)
 
-        summary |= _progress_fields(state, started, s.weighting) | {"status": "completed"}
+        summary |= _progress_fields(state, started, s) | {"status": "completed"}
         write_json(summary_path, summary)
         log.info(
             "results at epoch %s (selected on validation %s):\n%s",
@@ -464,7 +472,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             writer.close()
 
 
-def _progress_fields(state: TrainState, started: float, weighting: Weighting) -> dict:
+def _progress_fields(state: TrainState, started: float, s: Setup) -> dict:
     return {
         "epochs_completed": state.epoch,
         "steps": state.step,
@@ -475,7 +483,8 @@ def _progress_fields(state: TrainState, started: float, weighting: Weighting) ->
         "wall_time_s": time.time() - started,
         "train_time_s": state.train_time_s,
         "time_per_step_s": state.train_time_s / max(state.step, 1),
-        "weighting_state": weighting.summary(),
+        "backward_passes_per_step": s.engine.passes_per_step(),
+        "weighting_state": s.weighting.summary(),
     }
 
 

@@ -1,15 +1,17 @@
 """The weighting contract, for both families of methods.
 
-* Loss-based methods (``needs_task_grads = False``) implement ``combine(losses)``: the [T] vector of
-  per-task losses in, the scalar to backpropagate out.
-* Gradient-based methods (``needs_task_grads = True``) implement ``aggregate(grads)``: the [T, P] matrix of
-  per-task gradients of the shared parameters in, the [P] update direction out. The runner computes that
-  matrix only for them, and only for the shared parameters; task-owned parameters get the ordinary gradient
-  of their own task's loss.
+* Loss-based methods (subclass :class:`Weighting`) implement ``combine(losses)``: the [T] vector of
+  per-task losses in, the scalar to backpropagate out. One backward pass per step.
+* Gradient-based methods (subclass :class:`GradientWeighting`) implement ``aggregate(grads, losses)``: the
+  [T, P] matrix of per-task gradients in, the [P] update direction out. The runner computes that matrix only
+  for them: of the shared parameters (``grad_source=shared_params``) or of the shared representation
+  (``grad_source=representation``, MGDA-UB style, then one backward through the trunk). Task-owned
+  parameters get the ordinary gradient of their own task's loss.
 
-Both record the per-task weights they used in ``last_weights`` (logged to metrics.csv). Methods may hold
-state and learnable parameters: ``parameters()`` land in the ``weighting`` optimizer group and
-``state_dict()`` goes into the checkpoint. The runner never looks at a method's name.
+Both record the per-task weights they used in ``last_weights`` (logged to metrics.csv every epoch). Methods
+may hold state and learnable parameters: ``parameters()`` land in the ``weighting`` optimizer group and
+``state_dict()`` goes into the checkpoint. The runner never looks at a method's name, only at these
+declarations.
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
+
+GRAD_SOURCES = ("shared_params", "representation")
 
 
 class Weighting(nn.Module):
     needs_task_grads: ClassVar[bool] = False
+    # The output depends on a random draw (task order, dropped signs, sampled weights): property tests that
+    # compare two calls (permutation of tasks) skip such methods.
+    randomized: ClassVar[bool] = False
 
     def __init__(self, tasks: Mapping[str, Task]) -> None:
         super().__init__()
@@ -36,13 +44,12 @@ class Weighting(nn.Module):
     def num_tasks(self) -> int:
         return len(self.task_names)
 
+    def attach(self, model: nn.Module) -> None:
+        """Called once with the model before training; methods that read it (GradNorm) keep a reference."""
+
     def combine(self, losses: Tensor) -> Tensor:
         """Loss-based methods: [T] per-task losses -> scalar loss to backpropagate."""
         raise NotImplementedError(f"{type(self).__name__} is gradient-based; the runner calls aggregate()")
-
-    def aggregate(self, grads: Tensor) -> Tensor:
-        """Gradient-based methods: [T, P] per-task gradients -> [P] update direction."""
-        raise NotImplementedError(f"{type(self).__name__} is loss-based; the runner calls combine()")
 
     def on_epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
         """Hook for methods that keep a history of epoch-averaged losses (DWA and the like)."""
@@ -50,3 +57,56 @@ class Weighting(nn.Module):
     def summary(self) -> dict:
         """Method-specific facts for summary.json (learned noise, final weights, ...)."""
         return {}
+
+
+class GradientWeighting(Weighting):
+    """Base of gradient-based methods.
+
+    ``grad_source``: ``shared_params`` (exact) or ``representation`` (gradients with respect to the shared
+    representation, for architectures that expose one). ``update_every``: recompute the method every k steps
+    and reuse the last weights in between (one backward pass on those steps) — only for methods whose
+    direction is a weighted sum of the task gradients (``direction_is_weighted_sum``).
+    """
+
+    needs_task_grads: ClassVar[bool] = True
+    direction_is_weighted_sum: ClassVar[bool] = False
+
+    def __init__(
+        self, tasks: Mapping[str, Task], grad_source: str = "shared_params", update_every: int = 1
+    ) -> None:
+        super().__init__(tasks)
+        if grad_source not in GRAD_SOURCES:
+            raise ConfigError(
+                f"weighting.grad_source: '{grad_source}' is not one of {', '.join(GRAD_SOURCES)}"
+            )
+        if update_every < 1:
+            raise ConfigError(f"weighting.update_every: must be >= 1; got {update_every}")
+        if update_every > 1 and not self.direction_is_weighted_sum:
+            raise ConfigError(
+                f"weighting.update_every: {type(self).__name__}'s direction is not a weighted sum of task "
+                "gradients, so there are no weights to reuse between updates; keep update_every=1"
+            )
+        self.grad_source = grad_source
+        self.update_every = update_every
+
+    def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
+        """[T, P] per-task gradients (and the [T] losses, for methods that normalise by them) -> [P]
+        direction. Must set ``self.last_weights``."""
+        raise NotImplementedError
+
+    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
+        """The documented direction when every one of the T task gradients equals ``g`` (property tests
+        check it): ``g`` for mean-like methods, ``T * g`` for sum-like ones, a rescaled ``g`` for others."""
+        return g
+
+
+def effective_weights(grads: Tensor, direction: Tensor, ridge: float = 1e-12) -> Tensor:
+    """Weights w with ``grads.T @ w`` closest to ``direction`` (least squares through the Gram matrix).
+
+    Exact when the direction lies in the span of the task gradients, as it does for projection methods
+    (PCGrad, GradVac); used to log per-task weights for methods that do not produce weights themselves.
+    """
+    gram = grads @ grads.T
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    scale = gram.diagonal().mean().clamp_min(1e-30)
+    return torch.linalg.solve(gram + ridge * scale * eye, grads @ direction)

@@ -1,0 +1,100 @@
+"""Properties every gradient-based method must keep, run over seeded families of gradient matrices.
+
+Parametrized over every option of conf/weighting whose class is gradient-based, so a new method is checked
+without editing this file. Method-specific maths (closed forms, optimality conditions) lives in
+tests/test_weighting_<method>.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose_cfg, options
+from gradient_families import fake_losses, fake_tasks, matrices
+
+from mtlrun.instantiate import build, resolve_target
+from mtlrun.weighting.base import GradientWeighting
+
+
+def gradient_options() -> list[str]:
+    found = []
+    for option in options("weighting"):
+        cls = resolve_target(compose_cfg([f"weighting={option}"]).weighting, "weighting")
+        if isinstance(cls, type) and issubclass(cls, GradientWeighting):
+            found.append(option)
+    return found
+
+
+GRADIENT_OPTIONS = gradient_options()
+
+
+def make(option: str, num_tasks: int, **overrides) -> GradientWeighting:
+    cfg = compose_cfg([f"weighting={option}", *[f"weighting.{k}={v}" for k, v in overrides.items()]])
+    method = build(cfg.weighting, "weighting", tasks=fake_tasks(num_tasks))
+    return method.double()
+
+
+def aggregate(method: GradientWeighting, grads: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return method.aggregate(grads.clone(), fake_losses(len(grads)))
+
+
+def test_the_catalogue_has_gradient_methods_or_none_yet():
+    # guards the parametrization below: every listed option really is gradient-based
+    for option in GRADIENT_OPTIONS:
+        assert make(option, 3).needs_task_grads
+
+
+@pytest.mark.parametrize("option", GRADIENT_OPTIONS)
+def test_finite_direction_and_weights_of_the_right_shape(option):
+    for label, grads in matrices():
+        method = make(option, len(grads))
+        direction = aggregate(method, grads)
+        assert direction.shape == (grads.shape[1],), label
+        assert torch.isfinite(direction).all(), label
+        assert method.last_weights.shape == (len(grads),), label
+        assert torch.isfinite(method.last_weights).all(), label
+
+
+@pytest.mark.parametrize("option", GRADIENT_OPTIONS)
+def test_equal_task_gradients_give_that_gradient_up_to_the_documented_scale(option):
+    for num_tasks in (2, 3, 5):
+        g = torch.randn(1, 24, generator=torch.Generator().manual_seed(num_tasks), dtype=torch.float64)
+        method = make(option, num_tasks)
+        direction = aggregate(method, g.repeat(num_tasks, 1))
+        expected = method.expected_direction_when_equal(g[0].clone())
+        assert torch.allclose(direction, expected, rtol=1e-4, atol=1e-6), (
+            num_tasks,
+            direction[:3],
+            expected[:3],
+        )
+
+
+@pytest.mark.parametrize("option", GRADIENT_OPTIONS)
+def test_permuting_tasks_permutes_the_weights_and_keeps_the_direction(option):
+    if make(option, 3).randomized:
+        pytest.skip("randomized method: two calls differ by design")
+    for label, grads in matrices(task_counts=(3, 5)):
+        perm = torch.randperm(len(grads), generator=torch.Generator().manual_seed(7))
+        method = make(option, len(grads))
+        direction = aggregate(method, grads)
+        weights = method.last_weights.clone()
+        permuted = make(option, len(grads))
+        torch.manual_seed(0)
+        direction_p = permuted.aggregate(grads[perm].clone(), fake_losses(len(grads))[perm])
+        scale = direction.abs().max().clamp_min(1e-12)
+        assert torch.allclose(direction_p / scale, direction / scale, atol=1e-4), label
+        assert torch.allclose(permuted.last_weights, weights[perm], rtol=1e-3, atol=1e-6), label
+
+
+@pytest.mark.parametrize("option", GRADIENT_OPTIONS)
+def test_methods_that_are_weightings_return_the_weighted_sum_of_rows(option):
+    method = make(option, 3)
+    if not method.direction_is_weighted_sum:
+        pytest.skip("not a weighting of the task gradients")
+    for label, grads in matrices(task_counts=(2, 3)):
+        method = make(option, len(grads))
+        direction = aggregate(method, grads)
+        combined = grads.T @ method.last_weights.to(grads.dtype)
+        scale = direction.abs().max().clamp_min(1e-12)
+        assert torch.allclose(combined / scale, direction / scale, atol=1e-4), label

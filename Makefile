@@ -43,7 +43,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format mtlrun tests benchmarks
 
 bench: $(STAMP) ## speed benchmarks: ratios measured side by side (see benchmarks/)
-	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/step_time.py
 
 clean: ## remove outputs, caches and build files (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info

@@ -181,3 +181,54 @@ def test_every_experiment_preset_runs_at_smoke_size(tmp_path: Path, experiment: 
     result = run_in(tmp_path / experiment, f"experiment={experiment}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / experiment / "summary.json").read_text())["status"] == "completed"
+
+
+def weighting_options(gradient_based: bool | None = None) -> list[str]:
+    """Every conf/weighting option; with gradient_based, only the options of that family."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from mtlrun.weighting.base import GradientWeighting
+
+    options = []
+    for path in sorted((Path(__file__).parents[1] / "conf" / "weighting").glob("*.yaml")):
+        cls = get_class(OmegaConf.load(path)._target_)
+        if gradient_based is None or issubclass(cls, GradientWeighting) == gradient_based:
+            options.append(path.stem)
+    return options
+
+
+def test_every_weighting_method_runs_through_the_cli(tmp_path: Path) -> None:
+    options = weighting_options()
+    result = mtlrun("-m", *SMOKE, f"weighting={','.join(options)}", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for job, option in enumerate(options):
+        summary = json.loads((tmp_path / str(job) / "summary.json").read_text())
+        assert summary["status"] == "completed", (option, summary.get("error"))
+        table = pd.read_csv(tmp_path / str(job) / "metrics.csv")
+        weights = table[(table.split == "train") & (table.metric == "weight")]
+        assert len(weights) == 2 * 3 and weights.value.notna().all(), option
+
+
+def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> None:
+    options = weighting_options(gradient_based=True)
+    if not options:
+        pytest.skip("no gradient-based method in the catalogue")
+    result = mtlrun(
+        "-m",
+        *SMOKE,
+        f"weighting={','.join(options)}",
+        "weighting.grad_source=representation",
+        "trainer.grad_cosine_every=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for job, option in enumerate(options):
+        summary = json.loads((tmp_path / str(job) / "summary.json").read_text())
+        assert summary["status"] == "completed", (option, summary.get("error"))
+        assert summary["weighting"]["grad_source"] == "representation"
+        assert summary["backward_passes_per_step"] == 3 + 2  # T to the representation, heads, trunk
+        table = pd.read_csv(tmp_path / str(job) / "metrics.csv")
+        cosines = table[table.metric == "grad_cosine"]
+        assert set(cosines.task) == {"left~right", "left~sum", "right~sum"}, option
+        assert cosines.value.between(-1, 1).all(), option

@@ -75,3 +75,39 @@ def test_resume_from_a_mismatched_run_is_a_config_error(tmp_path: Path) -> None:
 def test_resume_from_a_missing_checkpoint_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no checkpoint"):
         runner.run(make_cfg(f"resume={tmp_path / 'nowhere'}"), tmp_path)
+
+
+WEIGHTING_OPTIONS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "weighting").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("weighting", WEIGHTING_OPTIONS)
+def test_every_weighting_method_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weighting: str
+) -> None:
+    """Method state (loss histories, logits, EMA targets, learned weights, RNG draws) survives a resume."""
+    overrides = ["debug=smoke", "data=kendall_toy", "trainer.epochs=5", f"weighting={weighting}"]
+
+    def cfg(*extra: str):
+        schema.register()
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose("config", overrides=[*overrides, *extra])
+
+    save = checkpoint.save
+
+    def save_then_stop(path, *args):
+        save(path, *args)
+        if args[-1].epoch == 3:
+            raise KeyboardInterrupt
+
+    for name in ("full", "interrupted", "resumed"):
+        (tmp_path / name).mkdir()
+    runner.run(cfg(), tmp_path / "full")
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cfg(), tmp_path / "interrupted")
+    monkeypatch.setattr(checkpoint, "save", save)
+    runner.run(cfg(f"resume={tmp_path / 'interrupted'}"), tmp_path / "resumed")
+    full, resumed = (
+        without_timing(pd.read_csv(tmp_path / name / "metrics.csv")) for name in ("full", "resumed")
+    )
+    pd.testing.assert_frame_equal(resumed, full)

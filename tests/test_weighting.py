@@ -57,7 +57,10 @@ def test_state_dict_round_trip_restores_the_method(option):
     restored, _ = make_weighting([f"weighting={option}"])
     restored.load_state_dict(weighting.state_dict())
     if not weighting.needs_task_grads:
-        assert torch.equal(restored.combine(LOSSES), weighting.combine(LOSSES))
+        torch.manual_seed(0)  # randomized methods (RLW) draw from torch's global RNG: give both the same draw
+        expected = weighting.combine(LOSSES)
+        torch.manual_seed(0)
+        assert torch.equal(restored.combine(LOSSES), expected)
         assert torch.equal(restored.last_weights, weighting.last_weights)
 
 

@@ -9,8 +9,8 @@ per-task gradients, computed only for them and only for the shared part:
   (through the heads only); the method's direction over the representation is then backpropagated once
   through the trunk (MGDA-UB's trick).
 
-In both cases one more backward of the summed losses, restricted to task-owned parameters, gives each
-head the gradient of its own task's loss. Methods whose direction is a weighted sum of the task gradients
+Task-owned parameters (the heads) ride along in those T passes: their gradients, summed over tasks, are
+the ordinary gradient of each head's own loss. Methods whose direction is a weighted sum of the task gradients
 may recompute only every ``update_every`` steps; in between, the last weights weigh the losses and one
 backward pass does.
 
@@ -31,19 +31,28 @@ from mtlrun.errors import ConfigError
 from mtlrun.weighting.base import Weighting
 
 
-def per_task_gradients(losses: Tensor, inputs: list[Tensor]) -> Tensor:
-    """[T, P]: row t is the gradient of losses[t] with respect to ``inputs``, flattened and concatenated."""
+def per_task_gradients(
+    losses: Tensor, inputs: list[Tensor], owned: list[torch.nn.Parameter] = (), retain_graph: bool = True
+) -> Tensor:
+    """[T, P]: row t is the gradient of losses[t] with respect to ``inputs``, flattened and concatenated.
+
+    ``owned`` parameters (task heads) ride along in the same backward passes: their gradients are summed
+    over tasks into ``.grad``, which is the ordinary gradient of the summed losses, at no extra pass.
+    """
+    owned = list(owned)
+    targets = [*inputs, *owned]
     rows = []
     for t in range(losses.shape[0]):
-        grads = torch.autograd.grad(losses[t], inputs, retain_graph=True, allow_unused=True)
+        keep = retain_graph or t < losses.shape[0] - 1
+        grads = torch.autograd.grad(losses[t], targets, retain_graph=keep, allow_unused=True)
         rows.append(
             torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(x)).reshape(-1)
-                    for g, x in zip(grads, inputs, strict=True)
-                ]
+                [(g if g is not None else torch.zeros_like(x)).reshape(-1) for g, x in zip(grads, inputs, strict=False)]
             )
         )
+        for p, g in zip(owned, grads[len(inputs) :], strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
     return torch.stack(rows)
 
 
@@ -105,23 +114,19 @@ class BackwardEngine:
         if (self.steps - 1) % self.update_every:
             return self._plain((w.last_weights.to(losses.dtype) * losses).sum())
 
-        total = losses.sum()
-        if self.owned:
-            torch.autograd.backward(total, inputs=self.owned, retain_graph=True)
-            self.backward_passes += 1
         if self.source == "representation":
             rep = self.model.shared_representation
-            grads = per_task_gradients(losses, [rep])
+            grads = per_task_gradients(losses, [rep], self.owned)
             direction = w.aggregate(grads, losses.detach())
             torch.autograd.backward(rep, direction.view_as(rep).to(rep.dtype), inputs=self.shared)
             self.backward_passes += len(losses) + 1
         else:
-            grads = per_task_gradients(losses, self.shared)
+            grads = per_task_gradients(losses, self.shared, self.owned, retain_graph=False)
             write_flat_grad(w.aggregate(grads, losses.detach()), self.shared)
             self.backward_passes += len(losses)
         if sample_cosine:
             self._record_cosine(grads)
-        return total.detach()
+        return losses.sum().detach()
 
     def _plain(self, objective: Tensor) -> Tensor:
         objective.backward()

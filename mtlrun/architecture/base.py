@@ -7,6 +7,11 @@
   per-task gradient engine differentiates only the parameters no task owns.
 * ``shared_representation`` holds the features every task reads in the last forward pass, for
   architectures that have one (``has_representation``); gradient methods may differentiate against it.
+* ``penalty()`` returns the design's regularisation term for the last forward pass (soft sharing's
+  distance between columns, sluice's orthogonality), or None. The runner adds it to the objective (its
+  gradient is never balanced by a weighting method) and logs it as the ``model/penalty`` row.
+* ``diagnostics()`` returns statistics gathered during the last evaluation pass ({task: {name: value}},
+  e.g. the mean expert usage of each task's gate); the runner writes them next to the split's metrics.
 """
 
 from __future__ import annotations
@@ -45,6 +50,14 @@ class MTLModel(nn.Module):
 
     def parameter_roles(self) -> dict[str, ParamRole]:
         raise NotImplementedError
+
+    def penalty(self) -> Tensor | None:
+        """Regularisation term of the last forward pass, added to the training objective; None if none."""
+        return None
+
+    def diagnostics(self) -> dict[str, dict[str, float]]:
+        """Statistics gathered since the last call during evaluation forwards (then reset)."""
+        return {}
 
     def roles_by_prefix(self, prefixes: Mapping[str, ParamRole]) -> dict[str, ParamRole]:
         """Assign each named parameter the role of the longest prefix that matches its name."""

@@ -11,8 +11,12 @@ from mtlrun.errors import ConfigError
 
 
 class CNNEncoder(nn.Module):
-    """Conv(3x3) -> BatchNorm -> activation -> MaxPool(2) per entry of ``channels``; then a linear layer to
-    ``out_dim`` features."""
+    """One stage per entry of ``channels``: Conv(3x3) -> BatchNorm -> activation -> MaxPool(2); then a last
+    stage that flattens and projects to ``out_dim`` features.
+
+    ``stages`` and ``stage_shapes`` (each stage's output shape, without the batch dimension) let column
+    and attention architectures act between stages; ``forward`` runs them in order.
+    """
 
     def __init__(
         self,
@@ -28,20 +32,34 @@ class CNNEncoder(nn.Module):
                 f"encoder: the CNN encoder needs image inputs [C, H, W]; this data set gives {list(in_shape)} "
                 "(use encoder=mlp)"
             )
-        layers: list[nn.Module] = []
+        self.stages = nn.ModuleList()
+        self.stage_shapes: list[tuple[int, ...]] = []
         width = in_shape[0]
+        probe = torch.zeros(1, *in_shape)
         for c in channels:
-            layers += [nn.Conv2d(width, c, 3, padding=1), nn.BatchNorm2d(c), make_activation(activation)]
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            stage = nn.Sequential(
+                nn.Conv2d(width, c, 3, padding=1),
+                nn.BatchNorm2d(c),
+                make_activation(activation),
+                nn.MaxPool2d(2, ceil_mode=True),
+            )
+            with torch.no_grad():
+                probe = stage(probe)
+            self.stages.append(stage)
+            self.stage_shapes.append(tuple(probe.shape[1:]))
             width = c
-        layers.append(nn.Flatten())
-        self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, *in_shape)).shape[1]
-        self.project = nn.Sequential(
-            nn.Linear(flat, out_dim), make_activation(activation), nn.Dropout(dropout)
+        self.stages.append(
+            nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(probe[0].numel(), out_dim),
+                make_activation(activation),
+                nn.Dropout(dropout),
+            )
         )
+        self.stage_shapes.append((out_dim,))
         self.out_dim = out_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(self.features(x))
+        for stage in self.stages:
+            x = stage(x)
+        return x

@@ -47,7 +47,10 @@ def per_task_gradients(
         grads = torch.autograd.grad(losses[t], targets, retain_graph=keep, allow_unused=True)
         rows.append(
             torch.cat(
-                [(g if g is not None else torch.zeros_like(x)).reshape(-1) for g, x in zip(grads, inputs, strict=False)]
+                [
+                    (g if g is not None else torch.zeros_like(x)).reshape(-1)
+                    for g, x in zip(grads, inputs, strict=False)
+                ]
             )
         )
         for p, g in zip(owned, grads[len(inputs) :], strict=True):
@@ -56,12 +59,13 @@ def per_task_gradients(
     return torch.stack(rows)
 
 
-def write_flat_grad(direction: Tensor, params: list[torch.nn.Parameter]) -> None:
-    """Write a flat [P] direction into the ``.grad`` of ``params`` (replacing what was there)."""
+def add_flat_grad(direction: Tensor, params: list[torch.nn.Parameter]) -> None:
+    """Add a flat [P] direction to the ``.grad`` of ``params``."""
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = direction[offset : offset + n].view_as(p).to(p.dtype).clone()
+        g = direction[offset : offset + n].view_as(p).to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad + g
         offset += n
 
 
@@ -94,6 +98,8 @@ class BackwardEngine:
         self.backward_passes = 0
         self._cosine_sum: Tensor | None = None
         self._cosine_count = 0
+        self._penalty_sum: Tensor | None = None
+        self._penalty_count = 0
 
     # ------------------------------------------------------------------------------------------- step
     def backward(self, losses: Tensor) -> Tensor:
@@ -101,18 +107,19 @@ class BackwardEngine:
         self.steps += 1
         sample_cosine = bool(self.cosine_every) and self.steps % self.cosine_every == 0 and bool(self.shared)
         w = self.weighting
+        penalty = self._penalty()
         if not w.needs_task_grads:
             if sample_cosine:
                 self._record_cosine(per_task_gradients(losses, self.shared))
                 self.backward_passes += len(losses)
-            objective = w.combine(losses)
-            objective.backward()
-            self.backward_passes += 1
-            return objective.detach()
+            return self._plain(w.combine(losses), penalty)
         if not self.shared:  # designs that share nothing (single_task) have nothing to balance
-            return self._plain(losses.sum())
+            return self._plain(losses.sum(), penalty)
         if (self.steps - 1) % self.update_every:
-            return self._plain((w.last_weights.to(losses.dtype) * losses).sum())
+            return self._plain((w.last_weights.to(losses.dtype) * losses).sum(), penalty)
+
+        if penalty is not None:  # its own gradient, never balanced by the method; the passes below add to it
+            penalty.backward(retain_graph=True)
 
         if self.source == "representation":
             rep = self.model.shared_representation
@@ -122,16 +129,32 @@ class BackwardEngine:
             self.backward_passes += len(losses) + 1
         else:
             grads = per_task_gradients(losses, self.shared, self.owned, retain_graph=False)
-            write_flat_grad(w.aggregate(grads, losses.detach()), self.shared)
+            add_flat_grad(w.aggregate(grads, losses.detach()), self.shared)
             self.backward_passes += len(losses)
         if sample_cosine:
             self._record_cosine(grads)
         return losses.sum().detach()
 
-    def _plain(self, objective: Tensor) -> Tensor:
-        objective.backward()
+    def _plain(self, objective: Tensor, penalty: Tensor | None) -> Tensor:
+        (objective if penalty is None else objective + penalty).backward()
         self.backward_passes += 1
         return objective.detach()
+
+    def _penalty(self) -> Tensor | None:
+        penalty = self.model.penalty()
+        if penalty is not None:
+            value = penalty.detach().float()
+            self._penalty_sum = value if self._penalty_sum is None else self._penalty_sum + value
+            self._penalty_count += 1
+        return penalty
+
+    def pop_penalty(self) -> dict[str, float]:
+        """Mean model penalty since the last call: {"penalty": value}, or {} for designs without one."""
+        if self._penalty_sum is None:
+            return {}
+        mean = (self._penalty_sum / self._penalty_count).item()
+        self._penalty_sum, self._penalty_count = None, 0
+        return {"penalty": mean}
 
     # ----------------------------------------------------------------------------------- diagnostics
     def _record_cosine(self, grads: Tensor) -> None:

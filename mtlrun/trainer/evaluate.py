@@ -22,7 +22,8 @@ def evaluate(
     limit_batches: int | None = None,
     autocast: torch.autocast | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Returns {task: {"loss": mean loss, metric: value, ...}} for ``split``."""
+    """Returns {task: {"loss": mean loss, metric: value, ...}} for ``split``, plus the model's
+    diagnostics of the pass (see ``MTLModel.diagnostics``)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -52,4 +53,6 @@ def evaluate(
         row = {"loss": loss_sum[name] / max(count, 1)}
         row.update({k: float(m.compute()) for k, m in metrics[name].items()})
         results[name] = row
+    for name, stats in model.diagnostics().items():  # e.g. each task's mean expert usage (MMoE)
+        results.setdefault(name, {}).update(stats)
     return results

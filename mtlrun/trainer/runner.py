@@ -115,22 +115,23 @@ class Monitor:
 
     name: str
     higher_is_better: bool
+    tasks: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, name: str, tasks: Mapping[str, Task]) -> Monitor:
         if name == "loss":
-            return cls(name, False)
+            return cls(name, False, tuple(tasks))
         task, _, metric = name.partition("/")
         if task not in tasks or (metric not in tasks[task].metrics and metric != "loss"):
             choices = ["loss"] + [f"{t}/{m}" for t, spec in tasks.items() for m in ["loss", *spec.metrics]]
             raise ConfigError(
                 f"trainer.monitor: '{name}' is not a validation quantity; choose one of {choices}"
             )
-        return cls(name, metric != "loss" and tasks[task].higher_is_better(metric))
+        return cls(name, metric != "loss" and tasks[task].higher_is_better(metric), tuple(tasks))
 
     def value(self, val: Mapping[str, Mapping[str, float]]) -> float:
         if self.name == "loss":
-            return sum(row["loss"] for row in val.values())
+            return sum(val[task]["loss"] for task in self.tasks)
         task, _, metric = self.name.partition("/")
         return val[task][metric]
 
@@ -350,6 +351,8 @@ def train_epoch(
         for name, loss, w in zip(s.tasks, mean_losses.tolist(), mean_weights, strict=True)
     }
     rows |= {pair: {"grad_cosine": value} for pair, value in s.engine.pop_cosines().items()}
+    if penalty := s.engine.pop_penalty():
+        rows["model"] = penalty
     rows["all"] = {"time_per_step_s": (time.perf_counter() - start) / s.steps_per_epoch}
     return rows
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting
+from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
 SCALE_MODES = ("min", "median", "rmse")
 REDUCTIONS = ("sum", "mean")
@@ -84,9 +84,8 @@ class AlignedMTL(GradientWeighting):
         return 1.0 if self.reduction == "sum" else 1.0 / self.num_tasks
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
-        work = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
-        gram = (work @ work.T).detach().to("cpu", torch.float64)
-        tol = self.rank_tol or len(gram) * torch.finfo(work.dtype).eps
+        gram = gram_matrix(grads)
+        tol = self.rank_tol or len(gram) * torch.finfo(torch.promote_types(grads.dtype, torch.float32)).eps
         b = balance_transformation(gram, self.scale_mode, tol)
         weights = b.sum(dim=1) * self.preference()  # B w with w_i = preference
         self.last_weights = weights.to(device=grads.device, dtype=self.last_weights.dtype)

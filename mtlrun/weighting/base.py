@@ -100,6 +100,13 @@ class GradientWeighting(Weighting):
         return g
 
 
+def gram_matrix(grads: Tensor) -> Tensor:
+    """G Gᵀ as a float64 CPU tensor: solvers work on this small [T, T] matrix (half-precision gradients are
+    multiplied in float32 first, so the product keeps its accuracy)."""
+    work = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
+    return (work @ work.T).detach().to("cpu", torch.float64)
+
+
 def effective_weights(grads: Tensor, direction: Tensor, ridge: float = 1e-12) -> Tensor:
     """Weights w with ``grads.T @ w`` closest to ``direction`` (least squares through the Gram matrix).
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting
+from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
 REDUCTIONS = ("sum", "mean")
 
@@ -95,8 +95,7 @@ class GradVac(GradientWeighting):
         self.register_buffer("target_cosine", torch.zeros(self.num_tasks, self.num_tasks))
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
-        work = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
-        gram = (work @ work.T).detach().to("cpu", torch.float64)
+        gram = gram_matrix(grads)
         n = gram.shape[0]
         draws = [torch.randperm(n - 1).tolist() for _ in range(n)]
         order = [[j if j < i else j + 1 for j in row] for i, row in enumerate(draws)]  # skip i itself

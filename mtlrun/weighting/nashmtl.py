@@ -39,7 +39,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting
+from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
 
 def nash_bargaining_weights(
@@ -115,8 +115,7 @@ class NashMTL(GradientWeighting):
         self.max_iterations_seen = 0
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
-        work = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
-        gram = (work @ work.T).detach().to("cpu", torch.float64)
+        gram = gram_matrix(grads)
         alpha = torch.zeros(gram.shape[0], dtype=torch.float64)
         active = gram.diagonal() > 0
         if active.any():

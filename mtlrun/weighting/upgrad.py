@@ -34,7 +34,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting
+from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
 REDUCTIONS = ("mean", "sum")
 
@@ -151,8 +151,7 @@ class UPGrad(GradientWeighting):
         return lam
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
-        work = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
-        gram = (work @ work.T).detach().to("cpu", torch.float64)
+        gram = gram_matrix(grads)
         n = gram.shape[0]
         lam = self.dual_multipliers(gram)
         weights = (torch.eye(n, dtype=torch.float64) + lam).sum(dim=0)

@@ -98,3 +98,17 @@ def test_methods_that_are_weightings_return_the_weighted_sum_of_rows(option):
         combined = grads.T @ method.last_weights.to(grads.dtype)
         scale = direction.abs().max().clamp_min(1e-12)
         assert torch.allclose(combined / scale, direction / scale, atol=1e-4), label
+
+
+def test_load_builds_a_method_from_its_yaml_for_use_outside_the_runner():
+    from mtlrun.errors import ConfigError
+    from mtlrun.weighting import load
+
+    upgrad = load("upgrad", ["a", "b", "c"])
+    grads = torch.tensor([[1.0, 0.0], [-0.9, 0.3], [0.2, 1.0]], dtype=torch.float64)
+    direction = upgrad.double().aggregate(grads)
+    assert (grads @ direction >= -1e-9).all()  # UPGrad's update conflicts with no task
+    assert torch.allclose(grads.T @ upgrad.last_weights.double(), direction)
+    assert load("cagrad", ["a", "b"], c=0.0).c == 0.0
+    with pytest.raises(ConfigError, match="does not exist"):
+        load("nope", ["a"])

@@ -171,7 +171,7 @@ def test_help_and_cfg_job_do_not_import_torch() -> None:
     assert "_target_: mtlrun.architecture.hard_sharing.HardSharing" in result.stdout
     help_text = mtlrun("--help")
     assert help_text.returncode == 0
-    assert "weighting: equal, static, uncertainty" in help_text.stdout
+    assert "weighting: aligned_mtl, cagrad" in help_text.stdout and "== Configuration groups ==" in help_text.stdout
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> No
         "-m",
         *SMOKE,
         f"weighting={','.join(options)}",
-        "weighting.grad_source=representation",
+        "++weighting.grad_source=representation",
         "trainer.grad_cosine_every=1",
         f"hydra.sweep.dir={tmp_path}",
     )

@@ -10,198 +10,28 @@ checkpoint.pt (the full training state, for resuming) and best_model.pt (the wei
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mtlrun import schema
-from mtlrun.architecture.base import MTLModel
-from mtlrun.data.base import TensorData
-from mtlrun.errors import ConfigError, TrainingError
-from mtlrun.instantiate import build
-from mtlrun.optim.groups import ParamGroup, build_param_groups, optimizer_param_groups
-from mtlrun.tasks import Task, build_tasks
+from mtlrun.errors import ConfigError
 from mtlrun.trainer import checkpoint
-from mtlrun.trainer.backward import BackwardEngine
 from mtlrun.trainer.evaluate import evaluate
 from mtlrun.trainer.outputs import MetricsWriter, atomic_write_text, write_json
 from mtlrun.trainer.report import results_table
-from mtlrun.weighting.base import Weighting
+from mtlrun.trainer.setup import Setup, describe, setup
+from mtlrun.trainer.state import TrainState
+from mtlrun.trainer.step import train_step
 
 log = logging.getLogger("mtlrun")
-
-
-# ----------------------------------------------------------------------------------------------- setup
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    name = getattr(name, "value", name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
-    return torch.device(name)
-
-
-def setup_data(cfg: DictConfig, tasks: Mapping[str, Task], device: torch.device) -> TensorData:
-    data = build(cfg.data, "data")
-    for task in tasks.values():
-        if task.target not in data.targets:
-            raise ConfigError(
-                f"tasks.{task.name}.target: '{task.target}' is not a target of data set {data.name}; "
-                f"available: {', '.join(data.targets)}"
-            )
-        for split, values in data.splits.items():
-            task.check_targets(values.y[task.target], split)
-    log.info("data %s: %s, input shape %s", data.name, data.sizes(), list(data.input_shape))
-    return data.to(device)
-
-
-def setup_model(
-    cfg: DictConfig, tasks: Mapping[str, Task], data: TensorData, device: torch.device
-) -> MTLModel:
-    def encoder_factory() -> torch.nn.Module:
-        return build(cfg.encoder, "encoder", in_shape=data.input_shape)
-
-    heads = OmegaConf.to_container(cfg.heads, resolve=True)
-    model = build(cfg.architecture, "architecture", encoder=encoder_factory, tasks=tasks, heads=heads)
-    return model.to(device)
-
-
-def setup_optimizer(cfg: DictConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
-    make_optimizer = build(cfg.optim.optimizer, "optim.optimizer")
-    optimizer = make_optimizer(optimizer_param_groups(groups))
-    for group, torch_group in zip(groups, optimizer.param_groups, strict=True):
-        log.info(
-            "param group %-14s %3d tensors %9d params  lr %.3g  weight_decay %.3g",
-            group.name,
-            len(group.params),
-            group.numel,
-            torch_group["lr"],
-            torch_group.get("weight_decay", 0.0),
-        )
-    return optimizer
-
-
-def setup_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    if cfg.optim.scheduler is None:
-        return None
-    return build(cfg.optim.scheduler, "optim.scheduler", optimizer=optimizer, total_steps=total_steps)
-
-
-@dataclass
-class Monitor:
-    """The validation quantity that picks the best epoch: ``loss`` (sum of the per-task validation losses)
-    or ``<task>/<metric>``."""
-
-    name: str
-    higher_is_better: bool
-    tasks: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, name: str, tasks: Mapping[str, Task]) -> Monitor:
-        if name == "loss":
-            return cls(name, False, tuple(tasks))
-        task, _, metric = name.partition("/")
-        if task not in tasks or (metric not in tasks[task].metrics and metric != "loss"):
-            choices = ["loss"] + [f"{t}/{m}" for t, spec in tasks.items() for m in ["loss", *spec.metrics]]
-            raise ConfigError(
-                f"trainer.monitor: '{name}' is not a validation quantity; choose one of {choices}"
-            )
-        return cls(name, metric != "loss" and tasks[task].higher_is_better(metric), tuple(tasks))
-
-    def value(self, val: Mapping[str, Mapping[str, float]]) -> float:
-        if self.name == "loss":
-            return sum(val[task]["loss"] for task in self.tasks)
-        task, _, metric = self.name.partition("/")
-        return val[task][metric]
-
-    def improved(self, value: float, best: float | None) -> bool:
-        if best is None or math.isnan(best):
-            return not math.isnan(value)
-        return value > best if self.higher_is_better else value < best
-
-
-@dataclass
-class TrainState:
-    """What changes during training (besides module and optimizer state), saved in the checkpoint."""
-
-    epoch: int = 0
-    step: int = 0
-    train_time_s: float = 0.0
-    best_epoch: int | None = None
-    best_value: float | None = None
-    best_val: dict = field(default_factory=dict)
-    best_test: dict = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------ the loop
-
-
-def task_losses(
-    predictions: Mapping[str, torch.Tensor], batch: dict, tasks: Mapping[str, Task]
-) -> torch.Tensor:
-    """[T] mean loss of each task on the batch, in float32."""
-    return torch.stack(
-        [task.loss_mean(predictions[name].float(), batch["y"][task.target]) for name, task in tasks.items()]
-    )
-
-
-def check_finite(losses: torch.Tensor, tasks: Mapping[str, Task], epoch: int, step: int) -> None:
-    if torch.isfinite(losses).all():
-        return
-    bad = [name for name, value in zip(tasks, losses.tolist(), strict=True) if not math.isfinite(value)]
-    raise TrainingError(
-        f"loss of task(s) {bad} is {losses[[list(tasks).index(b) for b in bad]].tolist()} at epoch {epoch}, step {step}; "
-        "lower the learning rate (optim.groups.*.lr), set trainer.grad_clip, or check the targets' scale. "
-        "Results up to the previous epoch are in metrics.csv."
-    )
-
-
-def train_step(
-    forward,
-    batch: dict,
-    tasks: Mapping[str, Task],
-    engine: BackwardEngine,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    grad_clip: float | None = None,
-    autocast=None,
-    where: tuple[int, int] = (0, 0),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step: forward, per-task losses, weighting, backward, clip, step.
-    Returns the [T] task losses and the scalar objective (both detached)."""
-    with autocast or nullcontext():
-        predictions = forward(batch)
-    losses = task_losses(predictions, batch, tasks)
-    check_finite(losses, tasks, *where)
-    optimizer.zero_grad(set_to_none=True)
-    objective = engine.backward(losses)
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(engine.model.parameters(), grad_clip)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    return losses.detach(), objective
 
 
 def make_progress(enabled: bool) -> Progress | None:
@@ -218,90 +48,6 @@ def make_progress(enabled: bool) -> Progress | None:
         transient=True,
         console=console,
     )
-
-
-@dataclass
-class Setup:
-    """Everything the loop works with, built by :func:`setup` from the config."""
-
-    device: torch.device
-    tasks: dict[str, Task]
-    data: TensorData
-    model: MTLModel
-    weighting: Weighting
-    engine: BackwardEngine  # per-task losses -> gradients, for both families of weighting methods
-    groups: list[ParamGroup]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    monitor: Monitor
-    steps_per_epoch: int
-    shuffle: torch.Generator  # draws the order of training batches
-    autocast: torch.autocast | None
-    forward: Callable  # the model, or its torch.compile'd version
-
-
-def setup(cfg: DictConfig) -> Setup:
-    seed_everything(cfg.seed, cfg.trainer.deterministic)
-    trainer = cfg.trainer
-    device = resolve_device(trainer.device)
-    tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
-    data = setup_data(cfg, tasks, device)
-    model = setup_model(cfg, tasks, data, device)
-    weighting: Weighting = build(cfg.weighting, "weighting", tasks=tasks).to(device)
-    weighting.attach(model)
-    engine = BackwardEngine(model, weighting, trainer.grad_cosine_every, trainer.grad_cosine_for_loss_based)
-    groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
-    optimizer = setup_optimizer(cfg, groups)
-    steps_per_epoch = min(
-        data.num_batches("train", trainer.batch_size), trainer.limit_train_batches or math.inf
-    )
-    return Setup(
-        device=device,
-        tasks=tasks,
-        data=data,
-        model=model,
-        weighting=weighting,
-        engine=engine,
-        groups=groups,
-        optimizer=optimizer,
-        scheduler=setup_scheduler(cfg, optimizer, steps_per_epoch * trainer.epochs),
-        monitor=Monitor.from_config(trainer.monitor, tasks),
-        steps_per_epoch=steps_per_epoch,
-        shuffle=torch.Generator().manual_seed(cfg.seed),
-        autocast=torch.autocast(device.type, dtype=torch.bfloat16)
-        if trainer.precision.value == "bf16"
-        else None,
-        forward=torch.compile(model) if trainer.compile else model,
-    )
-
-
-def describe(s: Setup) -> dict:
-    """The static part of summary.json: what was trained, on what, with which groups."""
-    return {
-        "device": str(s.device),
-        "data": {"name": s.data.name, "sizes": s.data.sizes()},
-        "tasks": {name: {"kind": t.kind, "metrics": t.metrics} for name, t in s.tasks.items()},
-        "architecture": type(s.model).__name__,
-        "weighting": {
-            "method": type(s.weighting).__name__,
-            "needs_task_grads": s.weighting.needs_task_grads,
-            "grad_source": getattr(s.weighting, "grad_source", None),
-            "update_every": getattr(s.weighting, "update_every", None),
-        },
-        "parameters": s.model.parameter_counts()
-        | {"weighting": sum(p.numel() for p in s.weighting.parameters())},
-        "param_groups": [
-            {
-                "name": g.name,
-                "tensors": len(g.params),
-                "params": g.numel,
-                "lr": pg["lr"],
-                "weight_decay": pg.get("weight_decay", 0.0),
-            }
-            for g, pg in zip(s.groups, s.optimizer.param_groups, strict=True)
-        ],
-        "monitor": {"name": s.monitor.name, "higher_is_better": s.monitor.higher_is_better},
-    }
 
 
 def train_epoch(
@@ -493,3 +239,8 @@ def _progress_fields(state: TrainState, started: float, s: Setup) -> dict:
 
 def _fmt(values: Mapping[str, float]) -> str:
     return " ".join(f"{k} {v:.4g}" for k, v in values.items())
+
+
+# TEMPORARY re-exports while other edits land; imports move to setup/step modules at integration.
+from mtlrun.trainer.setup import resolve_device, setup_data, setup_model, setup_optimizer, setup_scheduler  # noqa: E402,F401,I001
+from mtlrun.trainer.step import task_losses  # noqa: E402,F401

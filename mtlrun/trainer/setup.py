@@ -1,0 +1,172 @@
+"""Setup steps of a run: each builds one piece from the config; :func:`setup` builds them all."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrun.architecture.base import MTLModel
+from mtlrun.data.base import TensorData
+from mtlrun.errors import ConfigError
+from mtlrun.instantiate import build
+from mtlrun.optim.groups import ParamGroup, build_param_groups, optimizer_param_groups
+from mtlrun.tasks import Task, build_tasks
+from mtlrun.trainer.backward import BackwardEngine
+from mtlrun.trainer.state import Monitor
+from mtlrun.weighting.base import Weighting
+
+log = logging.getLogger("mtlrun")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    name = getattr(name, "value", name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def setup_data(cfg: DictConfig, tasks: Mapping[str, Task], device: torch.device) -> TensorData:
+    data = build(cfg.data, "data")
+    for task in tasks.values():
+        if task.target not in data.targets:
+            raise ConfigError(
+                f"tasks.{task.name}.target: '{task.target}' is not a target of data set {data.name}; "
+                f"available: {', '.join(data.targets)}"
+            )
+        for split, values in data.splits.items():
+            task.check_targets(values.y[task.target], split)
+    log.info("data %s: %s, input shape %s", data.name, data.sizes(), list(data.input_shape))
+    return data.to(device)
+
+
+def setup_model(
+    cfg: DictConfig, tasks: Mapping[str, Task], data: TensorData, device: torch.device
+) -> MTLModel:
+    def encoder_factory() -> torch.nn.Module:
+        return build(cfg.encoder, "encoder", in_shape=data.input_shape)
+
+    heads = OmegaConf.to_container(cfg.heads, resolve=True)
+    model = build(cfg.architecture, "architecture", encoder=encoder_factory, tasks=tasks, heads=heads)
+    return model.to(device)
+
+
+def setup_optimizer(cfg: DictConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
+    make_optimizer = build(cfg.optim.optimizer, "optim.optimizer")
+    optimizer = make_optimizer(optimizer_param_groups(groups))
+    for group, torch_group in zip(groups, optimizer.param_groups, strict=True):
+        log.info(
+            "param group %-14s %3d tensors %9d params  lr %.3g  weight_decay %.3g",
+            group.name,
+            len(group.params),
+            group.numel,
+            torch_group["lr"],
+            torch_group.get("weight_decay", 0.0),
+        )
+    return optimizer
+
+
+def setup_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    if cfg.optim.scheduler is None:
+        return None
+    return build(cfg.optim.scheduler, "optim.scheduler", optimizer=optimizer, total_steps=total_steps)
+
+
+@dataclass
+class Setup:
+    """Everything the loop works with, built by :func:`setup` from the config."""
+
+    device: torch.device
+    tasks: dict[str, Task]
+    data: TensorData
+    model: MTLModel
+    weighting: Weighting
+    engine: BackwardEngine  # per-task losses -> gradients, for both families of weighting methods
+    groups: list[ParamGroup]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    monitor: Monitor
+    steps_per_epoch: int
+    shuffle: torch.Generator  # draws the order of training batches
+    autocast: torch.autocast | None
+    forward: Callable  # the model, or its torch.compile'd version
+
+
+def setup(cfg: DictConfig) -> Setup:
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    trainer = cfg.trainer
+    device = resolve_device(trainer.device)
+    tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
+    data = setup_data(cfg, tasks, device)
+    model = setup_model(cfg, tasks, data, device)
+    weighting: Weighting = build(cfg.weighting, "weighting", tasks=tasks).to(device)
+    weighting.attach(model)
+    engine = BackwardEngine(model, weighting, trainer.grad_cosine_every, trainer.grad_cosine_for_loss_based)
+    groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
+    optimizer = setup_optimizer(cfg, groups)
+    steps_per_epoch = min(
+        data.num_batches("train", trainer.batch_size), trainer.limit_train_batches or math.inf
+    )
+    return Setup(
+        device=device,
+        tasks=tasks,
+        data=data,
+        model=model,
+        weighting=weighting,
+        engine=engine,
+        groups=groups,
+        optimizer=optimizer,
+        scheduler=setup_scheduler(cfg, optimizer, steps_per_epoch * trainer.epochs),
+        monitor=Monitor.from_config(trainer.monitor, tasks),
+        steps_per_epoch=steps_per_epoch,
+        shuffle=torch.Generator().manual_seed(cfg.seed),
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16)
+        if trainer.precision.value == "bf16"
+        else None,
+        forward=torch.compile(model) if trainer.compile else model,
+    )
+
+
+def describe(s: Setup) -> dict:
+    """The static part of summary.json: what was trained, on what, with which groups."""
+    return {
+        "device": str(s.device),
+        "data": {"name": s.data.name, "sizes": s.data.sizes()},
+        "tasks": {name: {"kind": t.kind, "metrics": t.metrics} for name, t in s.tasks.items()},
+        "architecture": type(s.model).__name__,
+        "weighting": {
+            "method": type(s.weighting).__name__,
+            "needs_task_grads": s.weighting.needs_task_grads,
+            "grad_source": getattr(s.weighting, "grad_source", None),
+            "update_every": getattr(s.weighting, "update_every", None),
+        },
+        "parameters": s.model.parameter_counts()
+        | {"weighting": sum(p.numel() for p in s.weighting.parameters())},
+        "param_groups": [
+            {
+                "name": g.name,
+                "tensors": len(g.params),
+                "params": g.numel,
+                "lr": pg["lr"],
+                "weight_decay": pg.get("weight_decay", 0.0),
+            }
+            for g, pg in zip(s.groups, s.optimizer.param_groups, strict=True)
+        ],
+        "monitor": {"name": s.monitor.name, "higher_is_better": s.monitor.higher_is_better},
+    }

@@ -1,0 +1,59 @@
+"""What the loop tracks besides modules and optimizer: the selection rule and the training state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mtlrun.errors import ConfigError
+from mtlrun.tasks import Task
+
+
+@dataclass
+class Monitor:
+    """The validation quantity that picks the best epoch: ``loss`` (sum of the per-task validation losses)
+    or ``<task>/<metric>``."""
+
+    name: str
+    higher_is_better: bool
+    tasks: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, name: str, tasks: Mapping[str, Task]) -> Monitor:
+        if name == "loss":
+            return cls(name, False, tuple(tasks))
+        task, _, metric = name.partition("/")
+        if task not in tasks or (metric not in tasks[task].metrics and metric != "loss"):
+            choices = ["loss"] + [f"{t}/{m}" for t, spec in tasks.items() for m in ["loss", *spec.metrics]]
+            raise ConfigError(
+                f"trainer.monitor: '{name}' is not a validation quantity; choose one of {choices}"
+            )
+        return cls(name, metric != "loss" and tasks[task].higher_is_better(metric), tuple(tasks))
+
+    def value(self, val: Mapping[str, Mapping[str, float]]) -> float:
+        if self.name == "loss":
+            return sum(val[task]["loss"] for task in self.tasks)
+        task, _, metric = self.name.partition("/")
+        return val[task][metric]
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        return value > best if self.higher_is_better else value < best
+
+
+@dataclass
+class TrainState:
+    """What changes during training (besides module and optimizer state), saved in the checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    train_time_s: float = 0.0
+    best_epoch: int | None = None
+    best_value: float | None = None
+    best_val: dict = field(default_factory=dict)
+    best_test: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ the loop

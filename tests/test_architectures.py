@@ -70,9 +70,14 @@ def test_parameter_counts_add_up(built):
     params = dict(model.named_parameters())
     counts = model.parameter_counts()
     assert counts["total"] == sum(p.numel() for p in model.parameters())
-    assert counts["shared"] == sum(p.numel() for n, p in params.items() if roles[n].task is None)
+    mixing = {n for n, r in roles.items() if r.part == "mixing"}
+    assert counts["mixing"] == sum(p.numel() for n, p in params.items() if n in mixing)
+    assert counts["shared"] == sum(
+        p.numel() for n, p in params.items() if roles[n].task is None and n not in mixing
+    )
     for task in built.tasks:
-        assert counts[f"task.{task}"] == sum(p.numel() for n, p in params.items() if roles[n].task == task)
+        owned = (p.numel() for n, p in params.items() if roles[n].task == task and n not in mixing)
+        assert counts[f"task.{task}"] == sum(owned)
     parts = counts["shared"] + counts["mixing"] + sum(counts[f"task.{t}"] for t in built.tasks)
     assert parts == counts["total"]
 

@@ -182,7 +182,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 epoch,
                 trainer.epochs,
                 _fmt({name: train_rows[name]["loss"] for name in s.tasks}),
-                _fmt({f"{t}/{m}": v for t, row in val.items() for m, v in row.items() if m != "loss"}),
+                _fmt({f"{t}/{m}": val[t][m] for t, task in s.tasks.items() for m in task.metrics}),
                 s.monitor.name,
                 value,
                 " *" if state.best_epoch == epoch else "",
@@ -206,7 +206,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             "results at epoch %s (selected on validation %s):\n%s",
             state.best_epoch,
             s.monitor.name,
-            results_table(state.best_val, state.best_test),
+            results_table(
+                state.best_val, state.best_test, {t: ["loss", *task.metrics] for t, task in s.tasks.items()}
+            ),
         )
         log.info("outputs in %s", out_dir)
         return summary

@@ -42,7 +42,6 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
-from mtlrun.architecture.sluice import run_stage
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
 
@@ -100,19 +99,14 @@ class MTAN(MTLModel):
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         shared, h = [], batch["x"]
-        for stage, shape in zip(self.backbone.stages, self.stage_shapes, strict=True):
-            h = run_stage(stage, h, shape)
+        for stage in self.backbone.stages:
+            h = stage(h)
             shared.append(h)
         features = {}
         for name, modules in self.attention.items():
             attended: Tensor | None = None
             for k, (module, u) in enumerate(zip(modules, shared, strict=True)):
-                if attended is not None:
-                    u_in = torch.cat(
-                        [u, run_stage(self.adapters[k - 1], attended, self.stage_shapes[k])], dim=1
-                    )
-                else:
-                    u_in = u
+                u_in = u if attended is None else torch.cat([u, self.adapters[k - 1](attended)], dim=1)
                 mask = module(u_in)
                 attended = mask * u
                 if not self.training:

@@ -50,14 +50,6 @@ from mtlrun.tasks import Task
 INIT_SCHEMES = ("balanced", "imbalanced")
 
 
-def run_stage(stage: nn.Module, x: Tensor, out_shape: tuple[int, ...]) -> Tensor:
-    """Run one encoder stage; a stage whose output is a vector reads flattened inputs (as the MLP encoder's
-    forward does before its first stage; the CNN's flattening stage flattens anyway)."""
-    if len(out_shape) == 1 and x.ndim > 2:
-        x = x.flatten(1)
-    return stage(x)
-
-
 def orthogonality(h: Tensor, subspaces: int) -> Tensor:
     """Σ_{s<s'} ‖G_sᵀ G_s' / R‖²_F for the S subspaces of ``h`` ([N, C] or [N, C, *spatial]), split along C.
 
@@ -153,10 +145,8 @@ class Sluice(MTLModel):
         inputs = [batch["x"]] * len(self.columns)
         penalty = batch["x"].new_zeros((), dtype=torch.float32) if self.orthogonality > 0 else None
         stitched: dict[int, list[Tensor]] = {}
-        for k, shape in enumerate(self.stage_shapes):
-            outputs = [
-                run_stage(col.stages[k], h, shape) for col, h in zip(self.columns, inputs, strict=True)
-            ]
+        for k in range(len(self.stage_shapes)):
+            outputs = [col.stages[k](h) for col, h in zip(self.columns, inputs, strict=True)]
             if penalty is not None and self.subspaces > 1:
                 penalty = penalty + sum(orthogonality(h.float(), self.subspaces) for h in outputs)
             inputs = self.mix(self.alpha[k], outputs)

@@ -10,6 +10,13 @@ from torch import Tensor
 from mtlrun.encoder.layers import mlp
 
 
+class FlatteningStage(nn.Sequential):
+    """The first stage: flattens whatever input shape it gets, so every stage can be run on its own."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.flatten(1))
+
+
 class MLPEncoder(nn.Module):
     """One stage per hidden width: Linear -> activation (-> dropout).
 
@@ -24,14 +31,15 @@ class MLPEncoder(nn.Module):
         width = math.prod(in_shape)
         self.stages = nn.ModuleList()
         self.stage_shapes: list[tuple[int, ...]] = []
-        for h in hidden:
-            self.stages.append(mlp(width, [h], activation, dropout))
+        for i, h in enumerate(hidden):
+            stage = mlp(width, [h], activation, dropout)
+            self.stages.append(FlatteningStage(*stage) if i == 0 else stage)
             self.stage_shapes.append((h,))
             width = h
         self.out_dim = width
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
+        x = x.flatten(1) if not self.stages else x  # no hidden layer: the flattened input is the output
         for stage in self.stages:
             x = stage(x)
         return x

@@ -1,0 +1,141 @@
+"""Cross-stitch networks (Misra, Shrivastava, Gupta & Hebert 2016, "Cross-stitch Networks for Multi-task
+Learning", CVPR): one encoder column per task; after chosen stages, a learned linear mix of the tasks'
+activations feeds every column's next stage.
+
+With x_s the output of the stage in task s's column, a cross-stitch unit computes, for every task t,
+
+    x̃_t = Σ_s α[t, s] x_s                      (``mode: scalar``, α ∈ R^{T×T}, the paper's unit)
+    x̃_t[:, c] = Σ_s α[t, s, c] x_s[:, c]       (``mode: channel``, one α per channel c: the conv channel
+                                                 of a CNN stage [N, C, H, W], the feature of an MLP stage)
+
+and column t's next stage (or task t's head, after the last stage) reads x̃_t.
+
+Design choices, from the paper:
+
+* **Where** (``after_stages``, default ``all``): Misra et al. stitch two AlexNets after every pooling and
+  fully connected layer (pool1, pool2, pool5, fc6, fc7), that is after every block of the network except
+  the task's output layer. Our encoders' stages end in a pooling layer (CNN) or a fully connected layer
+  (MLP), and the heads play the output layer's part, so the default stitches after every stage, the last
+  (the representation each head reads) included. A list of stage indices (negative from the end) picks
+  fewer.
+* **Initialisation** (``init_self``, default 0.9): α[t, t] = init_self and the rest, 1 − init_self, is
+  shared out equally over the other T − 1 tasks, so every row sums to 1: each x̃_t is a convex
+  combination of the columns' activations with the same scale as its inputs (the paper's argument for
+  initialising in [0, 1]); (0.9, 0.1) was the paper's best setting for two tasks. ``init_self: 1.0``
+  starts from independent columns. With a single task, α = [[1]].
+* **Learning rate**: the paper found that α needs a learning rate 10²–10³ times the base one (plain SGD);
+  α trains in the ``mixing`` optimizer group, so ``optim.groups.mixing.lr`` sets it
+  (conf/experiment/cross_stitch.yaml).
+
+Roles. The α parameters are ``mixing`` and shared (task None): every task's loss moves them. The columns
+are part ``trunk`` (optimizer group ``shared``) and also shared, not owned by their task: through α, task
+t's loss reaches every column's earlier stages (column s, wherever α[t, s] ≠ 0 upstream), so gradient-based
+weighting methods must treat them as shared parameters. Heads are owned by their task.
+
+There is no single shared representation: each task reads its own stitched features
+(``has_representation = False``), so gradient methods use ``grad_source=shared_params``.
+``diagnostics()`` reports each unit's mean self-weight α[t, t] (how task-specific each depth stays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
+from mtlrun.architecture.heads import TaskHeads
+from mtlrun.architecture.soft_sharing import encoder_stages, select_stages
+from mtlrun.errors import ConfigError
+from mtlrun.tasks import Task
+
+MODES = ("scalar", "channel")
+
+
+def stitch_init(num_tasks: int, init_self: float) -> Tensor:
+    """[T, T]: init_self on the diagonal, 1 − init_self shared out over the rest of each row."""
+    if num_tasks == 1:
+        return torch.ones(1, 1)
+    alpha = torch.full((num_tasks, num_tasks), (1.0 - init_self) / (num_tasks - 1))
+    alpha.fill_diagonal_(init_self)
+    return alpha
+
+
+class CrossStitchUnit(nn.Module):
+    """Mixes the T columns' activations, stacked as [T, N, C, ...]; ``channels`` None means one α per pair
+    of tasks, else one per pair and channel (dimension 2 of the stacked activations)."""
+
+    def __init__(self, num_tasks: int, init_self: float, channels: int | None = None) -> None:
+        super().__init__()
+        alpha = stitch_init(num_tasks, init_self)
+        if channels is not None:
+            alpha = alpha.unsqueeze(-1).repeat(1, 1, channels)
+        self.alpha = nn.Parameter(alpha)
+
+    def forward(self, h: Tensor) -> Tensor:
+        alpha = self.alpha.to(h.dtype)
+        if alpha.ndim == 2:
+            return torch.einsum("ts,s...->t...", alpha, h)
+        return torch.einsum("tsc,snc...->tnc...", alpha, h)
+
+    def self_weight(self) -> float:
+        """Mean of α[t, t] over tasks (and channels)."""
+        return float(self.alpha.detach().diagonal(0, 0, 1).mean())
+
+
+class CrossStitch(MTLModel):
+    """Task columns mixed by cross-stitch units (module docstring). No single shared representation: each
+    task reads its own stitched column."""
+
+    has_representation = False
+
+    def __init__(
+        self,
+        encoder: EncoderFactory,
+        tasks: Mapping[str, Task],
+        heads: Mapping,
+        after_stages: str | list[int] = "all",
+        mode: str = "scalar",
+        init_self: float = 0.9,
+    ) -> None:
+        super().__init__(tasks)
+        if mode not in MODES:
+            raise ConfigError(f"architecture.mode: '{mode}' is not one of {', '.join(MODES)}")
+        if not 0.0 <= init_self <= 1.0:
+            raise ConfigError(
+                f"architecture.init_self: {init_self} lies outside [0, 1]; rows of α start as convex "
+                "combinations (0.9 in the paper, 1.0 = independent columns)"
+            )
+        self.columns = nn.ModuleDict({name: encoder() for name in self.tasks})
+        first = next(iter(self.columns.values()))
+        stages = encoder_stages(first, "architecture")
+        self.num_stages = len(stages)
+        chosen = select_stages(after_stages, self.num_stages, "architecture.after_stages")
+        self.stitch = nn.ModuleDict(
+            {
+                str(i): CrossStitchUnit(
+                    len(self.tasks), init_self, first.stage_shapes[i][0] if mode == "channel" else None
+                )
+                for i in chosen
+            }
+        )
+        self.heads = TaskHeads(first.out_dim, self.tasks, heads)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        columns = list(self.columns.values())
+        h = [batch["x"] for _ in columns]
+        for i in range(self.num_stages):
+            h = [column.stages[i](x) for column, x in zip(columns, h, strict=True)]
+            if str(i) in self.stitch:
+                h = list(self.stitch[str(i)](torch.stack(h)).unbind(0))
+        return self.heads(dict(zip(self.tasks, h, strict=True)))
+
+    def parameter_roles(self) -> dict[str, ParamRole]:
+        prefixes = {"columns": ParamRole("trunk"), "stitch": ParamRole("mixing")}
+        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
+        return self.roles_by_prefix(prefixes)
+
+    def diagnostics(self) -> dict[str, dict[str, float]]:
+        return {"model": {f"stitch{i}_self_weight": unit.self_weight() for i, unit in self.stitch.items()}}

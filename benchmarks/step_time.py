@@ -27,7 +27,7 @@ from mtlrun.encoder.mlp import MLPEncoder
 from mtlrun.instantiate import build
 from mtlrun.tasks import Task
 from mtlrun.trainer.backward import BackwardEngine
-from mtlrun.trainer.runner import train_step
+from mtlrun.trainer.step import train_step
 
 IN_DIM, HIDDEN, BATCH = 32, [256, 256, 128], 256
 
@@ -68,7 +68,10 @@ def plain_step(tasks: dict, batch: dict) -> Callable[[], None]:
 
     def step() -> None:
         features = trunk(batch["x"])
-        loss = sum(nn.functional.mse_loss(head(features).squeeze(-1), y) for head, y in zip(heads, targets, strict=True))
+        loss = sum(
+            nn.functional.mse_loss(head(features).squeeze(-1), y)
+            for head, y in zip(heads, targets, strict=True)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -95,7 +98,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per variant (median taken)")
     parser.add_argument("--tasks", type=int, nargs="+", default=[3, 8], help="task counts to measure")
-    parser.add_argument("--methods", nargs="*", help="weighting options (default: every conf/weighting option)")
+    parser.add_argument(
+        "--methods", nargs="*", help="weighting options (default: every conf/weighting option)"
+    )
     args = parser.parse_args()
     schema.register()
     methods = args.methods or sorted(p.stem for p in (Path(config_dir()) / "weighting").glob("*.yaml"))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtlrun import cli, schema
 from mtlrun.instantiate import build
 from mtlrun.tasks import build_tasks
-from mtlrun.trainer.runner import setup_data, setup_model
+from mtlrun.trainer.setup import setup_data, setup_model
 
 CONF = Path(cli.config_dir())
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from mtlrun.architecture.base import ParamRole
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import build_tasks
-from mtlrun.trainer.runner import task_losses
+from mtlrun.trainer.step import task_losses
 
 PAIRS = [(arch, data) for arch in options("architecture") for data in options("data")]
 BATCH = 6

@@ -171,7 +171,10 @@ def test_help_and_cfg_job_do_not_import_torch() -> None:
     assert "_target_: mtlrun.architecture.hard_sharing.HardSharing" in result.stdout
     help_text = mtlrun("--help")
     assert help_text.returncode == 0
-    assert "weighting: aligned_mtl, cagrad" in help_text.stdout and "== Configuration groups ==" in help_text.stdout
+    assert (
+        "weighting: aligned_mtl, cagrad" in help_text.stdout
+        and "== Configuration groups ==" in help_text.stdout
+    )
 
 
 @pytest.mark.parametrize(
@@ -232,3 +235,19 @@ def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> No
         cosines = table[table.metric == "grad_cosine"]
         assert set(cosines.task) == {"left~right", "left~sum", "right~sum"}, option
         assert cosines.value.between(-1, 1).all(), option
+
+
+def test_every_architecture_runs_through_the_cli_on_images_and_vectors(tmp_path: Path) -> None:
+    options = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "architecture").glob("*.yaml"))
+    result = mtlrun(
+        "-m",
+        *SMOKE,
+        f"architecture={','.join(options)}",
+        "data=multidigits,mmoe_synthetic",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
+    assert len(summaries) == 2 * len(options)
+    assert all(s["status"] == "completed" for s in summaries), [s.get("error") for s in summaries]
+    assert {s["data"]["name"] for s in summaries} == {"multidigits", "mmoe_synthetic"}

@@ -40,6 +40,6 @@ def test_smoke_run_on_cuda(tmp_path: Path, precision: str) -> None:
 
 
 def test_auto_device_picks_cuda() -> None:
-    from mtlrun.trainer.runner import resolve_device
+    from mtlrun.trainer.setup import resolve_device
 
     assert resolve_device("auto").type == "cuda"

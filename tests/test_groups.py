@@ -13,7 +13,7 @@ from mtlrun.encoder.mlp import MLPEncoder
 from mtlrun.errors import ConfigError
 from mtlrun.optim.groups import build_param_groups
 from mtlrun.tasks import Task, build_tasks
-from mtlrun.trainer.runner import setup_optimizer, setup_scheduler
+from mtlrun.trainer.setup import setup_optimizer, setup_scheduler
 from mtlrun.weighting.equal import Equal
 
 PAIRS = [(arch, w) for arch in options("architecture") for w in options("weighting")]

@@ -12,7 +12,8 @@ from mtlrun.errors import ConfigError
 from mtlrun.instantiate import build
 from mtlrun.tasks import build_tasks
 from mtlrun.trainer.backward import BackwardEngine
-from mtlrun.trainer.runner import run, task_losses
+from mtlrun.trainer.runner import run
+from mtlrun.trainer.step import task_losses
 from mtlrun.weighting.base import GradientWeighting, Weighting
 from mtlrun.weighting.equal import Equal
 
@@ -226,7 +227,9 @@ def test_representation_source_backpropagates_the_direction_through_the_trunk():
     reference = grads_after_backward(built, Equal(tasks), batch)
     engine = BackwardEngine(built.model, SumOfTaskGrads(tasks, grad_source="representation"))
     assert_same_grads(grads_after_backward(built, engine.weighting, batch, engine), reference)
-    assert engine.passes_per_step() == len(tasks) + 1  # T cheap passes to the representation (heads too), trunk
+    assert (
+        engine.passes_per_step() == len(tasks) + 1
+    )  # T cheap passes to the representation (heads too), trunk
 
 
 def test_representation_source_needs_an_architecture_that_has_one():

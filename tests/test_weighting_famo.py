@@ -10,7 +10,7 @@ from gradient_families import fake_tasks
 from omegaconf import OmegaConf
 
 from mtlrun.optim.groups import build_param_groups
-from mtlrun.trainer.runner import setup_optimizer
+from mtlrun.trainer.setup import setup_optimizer
 from mtlrun.weighting.famo import EPS, FAMO
 
 RATES = torch.tensor([0.90, 0.99, 0.95], dtype=torch.float64)  # per-step loss factors: task 1 is slowest

@@ -12,7 +12,7 @@ from conftest import build_objects, first_batch, small_cfg
 from gradient_families import fake_tasks
 
 from mtlrun.errors import ConfigError
-from mtlrun.trainer.runner import task_losses
+from mtlrun.trainer.step import task_losses
 from mtlrun.weighting.gradnorm import GradNorm
 
 

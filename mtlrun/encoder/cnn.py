@@ -32,6 +32,7 @@ class CNNEncoder(nn.Module):
                 f"encoder: the CNN encoder needs image inputs [C, H, W]; this data set gives {list(in_shape)} "
                 "(use encoder=mlp)"
             )
+        self.in_shape = tuple(in_shape)
         self.stages = nn.ModuleList()
         self.stage_shapes: list[tuple[int, ...]] = []
         width = in_shape[0]

@@ -28,6 +28,7 @@ class MLPEncoder(nn.Module):
         self, in_shape: tuple[int, ...], hidden: list[int], activation: str = "ReLU", dropout: float = 0.0
     ) -> None:
         super().__init__()
+        self.in_shape = tuple(in_shape)
         width = math.prod(in_shape)
         self.stages = nn.ModuleList()
         self.stage_shapes: list[tuple[int, ...]] = []

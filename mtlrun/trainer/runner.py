@@ -241,8 +241,3 @@ def _progress_fields(state: TrainState, started: float, s: Setup) -> dict:
 
 def _fmt(values: Mapping[str, float]) -> str:
     return " ".join(f"{k} {v:.4g}" for k, v in values.items())
-
-
-# TEMPORARY re-exports while other edits land; imports move to setup/step modules at integration.
-from mtlrun.trainer.setup import resolve_device, setup_data, setup_model, setup_optimizer, setup_scheduler  # noqa: E402,F401,I001
-from mtlrun.trainer.step import task_losses  # noqa: E402,F401

@@ -15,3 +15,9 @@ class DataError(MtlrunError):
 
 class TrainingError(MtlrunError):
     """Training went wrong in a way the user must act on (a NaN or infinite loss)."""
+
+
+def check_choice(where: str, value: object, choices: tuple | list) -> None:
+    """Raise a ConfigError naming ``where`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{where}: '{value}' is not one of {', '.join(map(str, choices))}")

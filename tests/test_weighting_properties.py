@@ -39,8 +39,9 @@ def aggregate(method: GradientWeighting, grads: torch.Tensor, seed: int = 0) -> 
     return method.aggregate(grads.clone(), fake_losses(len(grads)))
 
 
-def test_the_catalogue_has_gradient_methods_or_none_yet():
-    # guards the parametrization below: every listed option really is gradient-based
+def test_the_parametrization_below_sees_every_gradient_method():
+    # guards the parametrization: it is not empty, and every listed option really is gradient-based
+    assert {"pcgrad", "mgda", "cagrad", "nashmtl", "upgrad"} <= set(GRADIENT_OPTIONS)
     for option in GRADIENT_OPTIONS:
         assert make(option, 3).needs_task_grads
 

@@ -48,7 +48,7 @@ from torch import Tensor
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
 from mtlrun.architecture.soft_sharing import encoder_stages, select_stages
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
 MODES = ("scalar", "channel")
@@ -101,8 +101,7 @@ class CrossStitch(MTLModel):
         init_self: float = 0.9,
     ) -> None:
         super().__init__(tasks)
-        if mode not in MODES:
-            raise ConfigError(f"architecture.mode: '{mode}' is not one of {', '.join(MODES)}")
+        check_choice("architecture.mode", mode, MODES)
         if not 0.0 <= init_self <= 1.0:
             raise ConfigError(
                 f"architecture.init_self: {init_self} lies outside [0, 1]; rows of α start as convex "

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
 GATE_INPUTS = ("input", "experts")
@@ -112,10 +112,7 @@ class MMoE(MTLModel):
         super().__init__(tasks)
         if num_experts < 1:
             raise ConfigError(f"architecture.num_experts: need at least one expert; got {num_experts}")
-        if gate_input not in GATE_INPUTS:
-            raise ConfigError(
-                f"architecture.gate_input: '{gate_input}' is not one of {', '.join(GATE_INPUTS)}"
-            )
+        check_choice("architecture.gate_input", gate_input, GATE_INPUTS)
         experts = [encoder() for _ in range(num_experts)]
         dim = experts[0].out_dim
         self.num_experts = num_experts

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
 INIT_SCHEMES = ("balanced", "imbalanced")
@@ -106,8 +106,7 @@ class Sluice(MTLModel):
         if orthogonality < 0:
             raise ConfigError(f"architecture.orthogonality: must be >= 0; got {orthogonality}")
         for key, value in (("alpha_init", alpha_init), ("beta_init", beta_init)):
-            if value not in INIT_SCHEMES:
-                raise ConfigError(f"architecture.{key}: '{value}' is not one of {', '.join(INIT_SCHEMES)}")
+            check_choice(f"architecture.{key}", value, INIT_SCHEMES)
         self.subspaces = subspaces
         self.orthogonality = orthogonality
         self.columns = nn.ModuleList([encoder() for _ in self.tasks])

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
 PENALTIES = ("l2", "trace_norm", "tucker")
@@ -116,8 +116,7 @@ class SoftSharing(MTLModel):
         pairwise: bool = False,
     ) -> None:
         super().__init__(tasks)
-        if penalty not in PENALTIES:
-            raise ConfigError(f"architecture.penalty: '{penalty}' is not one of {', '.join(PENALTIES)}")
+        check_choice("architecture.penalty", penalty, PENALTIES)
         if not strength >= 0:
             raise ConfigError(f"architecture.strength: the penalty's weight must be >= 0, got {strength}")
         self.penalty_kind = penalty

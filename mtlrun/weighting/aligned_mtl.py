@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
@@ -67,10 +67,8 @@ class AlignedMTL(GradientWeighting):
         update_every: int = 1,
     ) -> None:
         super().__init__(tasks, grad_source=grad_source, update_every=update_every)
-        if scale_mode not in SCALE_MODES:
-            raise ConfigError(f"weighting.scale_mode: '{scale_mode}' is not one of {', '.join(SCALE_MODES)}")
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"weighting.reduction: '{reduction}' is not one of {', '.join(REDUCTIONS)}")
+        check_choice("weighting.scale_mode", scale_mode, SCALE_MODES)
+        check_choice("weighting.reduction", reduction, REDUCTIONS)
         if rank_tol < 0:
             raise ConfigError(
                 f"weighting.rank_tol: must be >= 0 (0 = T·eps of the gradients' dtype); got {rank_tol}"

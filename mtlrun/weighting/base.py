@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
 GRAD_SOURCES = ("shared_params", "representation")
@@ -75,10 +75,7 @@ class GradientWeighting(Weighting):
         self, tasks: Mapping[str, Task], grad_source: str = "shared_params", update_every: int = 1
     ) -> None:
         super().__init__(tasks)
-        if grad_source not in GRAD_SOURCES:
-            raise ConfigError(
-                f"weighting.grad_source: '{grad_source}' is not one of {', '.join(GRAD_SOURCES)}"
-            )
+        check_choice("weighting.grad_source", grad_source, GRAD_SOURCES)
         if update_every < 1:
             raise ConfigError(f"weighting.update_every: must be >= 1; got {update_every}")
         if update_every > 1 and not self.direction_is_weighted_sum:

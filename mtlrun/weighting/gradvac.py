@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
@@ -86,8 +86,7 @@ class GradVac(GradientWeighting):
         super().__init__(tasks, grad_source=grad_source, update_every=update_every)
         if not 0.0 <= beta <= 1.0:
             raise ConfigError(f"weighting.beta: the EMA rate must be in [0, 1]; got {beta}")
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"weighting.reduction: '{reduction}' is not one of {', '.join(REDUCTIONS)}")
+        check_choice("weighting.reduction", reduction, REDUCTIONS)
         self.beta = beta
         self.reduction = reduction
         self.ema_on_conflict_only = ema_on_conflict_only

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
@@ -147,12 +147,8 @@ class MGDA(GradientWeighting):
         update_every: int = 1,
     ) -> None:
         super().__init__(tasks, grad_source=grad_source, update_every=update_every)
-        if normalisation not in NORMALISATIONS:
-            raise ConfigError(
-                f"weighting.normalisation: '{normalisation}' is not one of {', '.join(NORMALISATIONS)}"
-            )
-        if combine not in COMBINE:
-            raise ConfigError(f"weighting.combine: '{combine}' is not one of {', '.join(COMBINE)}")
+        check_choice("weighting.normalisation", normalisation, NORMALISATIONS)
+        check_choice("weighting.combine", combine, COMBINE)
         if max_iter < 1:
             raise ConfigError(f"weighting.max_iter: must be >= 1; got {max_iter}")
         if tol <= 0:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import check_choice
 from mtlrun.tasks import Task
 from mtlrun.weighting.base import GradientWeighting
 
@@ -42,8 +42,7 @@ class PCGrad(GradientWeighting):
         update_every: int = 1,
     ) -> None:
         super().__init__(tasks, grad_source=grad_source, update_every=update_every)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"weighting.reduction: '{reduction}' is not one of {', '.join(REDUCTIONS)}")
+        check_choice("weighting.reduction", reduction, REDUCTIONS)
         self.reduction = reduction
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:

@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
@@ -120,8 +120,7 @@ class UPGrad(GradientWeighting):
         update_every: int = 1,
     ) -> None:
         super().__init__(tasks, grad_source=grad_source, update_every=update_every)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"weighting.reduction: '{reduction}' is not one of {', '.join(REDUCTIONS)}")
+        check_choice("weighting.reduction", reduction, REDUCTIONS)
         if reg_eps < 0:
             raise ConfigError(f"weighting.reg_eps: must be >= 0; got {reg_eps}")
         self.reduction = reduction

@@ -70,7 +70,20 @@ def train(cfg: DictConfig) -> float | None:
         return None
 
 
+SUBCOMMANDS = {
+    "report": "mtlrun.report.cli",  # mtlrun report PATH... : comparison tables and plots of runs and sweeps
+    "predict": "mtlrun.predict",  # mtlrun predict run=PATH data.path=FILE : a trained run's predictions
+}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        # `mtlrun report ...` / `mtlrun predict ...`: plain commands beside the Hydra app; each module's
+        # main(argv) parses its own arguments and returns the exit code.
+        import importlib
+
+        command = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
+        sys.exit(command.main(sys.argv[2:]))
     schema.register()
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)
     app()

@@ -1,0 +1,124 @@
+"""``mtlrun report PATH... [--baseline PATH] [--out DIR] [--split test|val] [--no-plots]``.
+
+Compares every run found in or under the PATHs (run folders, sweep folders, any mix) and writes
+``summary.csv``, ``summary.md`` and the plots (``val_curves.png``, ``task_weights.png``, ``tradeoff.png``):
+into ``--out DIR`` when given, else into the input folder when there is a single PATH, else into a
+new ``outputs/reports/<date>/<time>/`` (several inputs have no one folder the report belongs to).
+The Markdown is printed too. Exit code 0 when the report was written (failed jobs are listed in it), 1 on a
+bad path or when no run is found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from mtlrun.errors import DataError, MtlrunError
+from mtlrun.report.baseline import Baseline, baseline_from, single_task_runs
+from mtlrun.report.collect import find_optuna_results, load_runs
+from mtlrun.report.markdown import render, to_csv
+from mtlrun.report.table import SPLITS, Report, build_report
+
+log = logging.getLogger("mtlrun")
+
+REPORTS_DIR = Path("outputs/reports")
+
+
+def explicit_baseline(paths: Sequence[str | Path], split: str) -> Baseline:
+    """B from ``--baseline`` paths: their single-task runs, or every completed run there if none is one."""
+    runs = [run for run in load_runs(paths) if run.completed]
+    if not runs:
+        raise DataError(f"--baseline {' '.join(map(str, paths))}: no completed run there; pass finished runs")
+    named = " ".join(map(str, paths))
+    if single_task_runs(runs):
+        return baseline_from(runs, split, f"single-task runs in {named}")
+    return baseline_from(
+        runs, split, f"every completed run in {named} (none is single-task)", single_task=False
+    )
+
+
+def make_report(
+    paths: Sequence[str | Path], baseline: Sequence[str | Path] = (), split: str = "test"
+) -> Report:
+    """The report of every run under ``paths``; B from ``baseline`` paths, else from the single-task runs
+    among the inputs (no Δm% when there is neither)."""
+    runs = load_runs(paths)
+    if baseline:
+        base = explicit_baseline(baseline, split)
+    else:
+        base = baseline_from(
+            runs, split, "the single-task runs (`architecture=single_task`) among the inputs"
+        )
+    return build_report(runs, split=split, baseline=base, optuna=find_optuna_results(paths))
+
+
+def default_out_dir(paths: Sequence[str | Path]) -> Path:
+    """The input folder itself for one input, else a new ``outputs/reports/<date>/<time>``."""
+    if len(paths) == 1:
+        path = Path(paths[0])
+        return path.parent if path.is_file() else path
+    return REPORTS_DIR / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def write_report(report: Report, out_dir: Path, plots: bool = True) -> tuple[str, list[Path]]:
+    """Write summary.csv, the plots (a plotting error only logs a warning) and summary.md into ``out_dir``;
+    returns the Markdown and the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    to_csv(report).to_csv(out_dir / "summary.csv", index=False)
+    drawn: list[Path] = []
+    if plots:
+        try:
+            from mtlrun.report.plots import plot_report
+
+            drawn = plot_report(report, out_dir)
+        except Exception as err:  # a plot must never cost the tables
+            log.warning("report plots failed (%s: %s); the tables are written", type(err).__name__, err)
+    markdown = render(report, drawn)
+    (out_dir / "summary.md").write_text(markdown + "\n")
+    return markdown, [out_dir / "summary.csv", out_dir / "summary.md", *drawn]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtlrun report",
+        description="Compare runs and sweeps: per-task metrics (mean ± std over seeds), Δm% against the "
+        "single-task baseline, mean rank, time per step; writes summary.csv, summary.md and plots.",
+    )
+    p.add_argument("paths", nargs="+", help="run folders and/or sweep folders (searched recursively)")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a run or sweep whose single-task runs form the Δm%% baseline B (repeatable; default: the "
+        "single-task runs among PATHS)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder for the files (default: the one input folder, else outputs/reports/<date>/<time>)",
+    )
+    p.add_argument(
+        "--split", choices=SPLITS, default="test", help="split whose metrics are compared (default: test)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    try:
+        report = make_report(args.paths, args.baseline, args.split)
+        out_dir = args.out or default_out_dir(args.paths)
+        markdown, written = write_report(report, out_dir, plots=not args.no_plots)
+    except MtlrunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(markdown)
+    print(f"\nwritten: {', '.join(str(p) for p in written)}")
+    return 0

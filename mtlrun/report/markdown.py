@@ -1,0 +1,124 @@
+"""The report as Markdown (summary.md and the terminal) and as CSV (summary.csv)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mtlrun.report.table import Report
+
+
+def _number(value: float, fmt: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _mean_std(mean: float, std: float, fmt: str, std_fmt: str | None = None) -> str:
+    text = _number(mean, fmt)
+    spread = _number(std, std_fmt or fmt)
+    return f"{text} ± {spread}" if text and spread else text
+
+
+def _arrow(higher: bool) -> str:
+    return "↑" if higher else "↓"
+
+
+def comparison_table(report: Report) -> str:
+    """The table of configurations in Markdown; the best value of each column in bold."""
+    table = report.table
+    if table.empty:
+        return "_no completed run_"
+    columns: dict[str, list[str]] = {"configuration": list(table.label), "n": [str(n) for n in table.n_seeds]}
+    header_of: dict[str, str] = {}  # numeric column -> its Markdown header
+    for key in report.metrics:
+        header_of[f"{key}_mean"] = f"{key} {_arrow(report.higher_is_better.get(key, False))}"
+        columns[header_of[f"{key}_mean"]] = [
+            _mean_std(m, s, ".4g", ".2g")
+            for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"], strict=True)
+        ]
+    if "delta_m_mean" in table:
+        header_of["delta_m_mean"] = "Δm% ↓"
+        columns["Δm% ↓"] = [
+            _mean_std(m, s, "+.2f", ".2f") for m, s in zip(table.delta_m_mean, table.delta_m_std, strict=True)
+        ]
+    header_of |= {"mean_rank": "mean rank ↓", "time_per_step_s": "ms/step ↓"}
+    columns["mean rank ↓"] = [_number(v, ".2f") for v in table.mean_rank]
+    columns["ms/step ↓"] = [_number(v * 1000, ".2f") for v in table.time_per_step_s]
+    columns["wall s (all seeds)"] = [_number(v, ".1f") for v in table.wall_time_s_sum]
+    for column, header in header_of.items():
+        mark = column.removesuffix("_mean")
+        cells = columns[header]
+        for i, marks in enumerate(table.best_in):
+            if mark in marks.split(";") and cells[i]:
+                cells[i] = f"**{cells[i]}**"
+    return pd.DataFrame(columns).to_markdown(index=False, disable_numparse=True)
+
+
+def failed_table(report: Report) -> str:
+    rows = report.failed.assign(error=report.failed.error.str.replace("|", "/").str.replace("\n", " "))
+    rows = rows.rename(columns={"label": "job (overrides)", "seeds": "seed", "path": "folder"})
+    return rows.to_markdown(index=False, disable_numparse=True)
+
+
+def render(report: Report, plots: Sequence[Path] = ()) -> str:
+    """The whole summary.md: what was compared and how, the table, the baseline, failures, Optuna, plots."""
+    n_configs = len(report.configurations)
+    n_done = sum(len(c.runs) for c in report.configurations)
+    lines = [
+        "# mtlrun report",
+        "",
+        f"{report.n_runs} run(s): {n_done} completed in {n_configs} configuration(s), "
+        f"{len(report.failed)} failed or incomplete.",
+        f"Metrics: {report.split} split at the epoch each run selected on validation; mean ± sample std "
+        "(ddof=1, 2 significant digits) over seeds (no ± with one seed); n = seeds; ↑/↓ = higher/lower "
+        "is better; best in bold. Mean rank: the average over metrics of each configuration's rank "
+        "(1 = best). Wall time: all seeds together.",
+        "",
+        comparison_table(report),
+        "",
+    ]
+    if report.baseline is None:
+        lines += [
+            "No single-task baseline (`architecture=single_task` runs or `--baseline PATH`): no Δm%.",
+            "",
+        ]
+    else:
+        lines += [
+            "Δm% = mean over metrics k of (−1)^{higher_is_better_k} · (M_k − B_k) / |B_k| · 100, "
+            "per run, then mean ± sample std over seeds; lower is better, negative = better than "
+            f"single-task. B: {report.baseline.source}; mean over all of their seeds, per data set:",
+            "",
+        ]
+        for dataset, values in report.baseline.values.items():
+            count = report.baseline.counts[dataset]
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            lines.append(f"- {dataset} ({count} run(s)): {shown}")
+        lines.append("")
+    if not report.failed.empty:
+        lines += ["## Failed jobs", "", failed_table(report), ""]
+    for path, result in report.optuna:
+        lines += ["## Optuna: best trial", "", f"From `{path}`:", ""]
+        if "best_params" in result:
+            lines.append(f"- best value: {result.get('best_value')}")
+            lines += [f"- `{key}={value}`" for key, value in (result.get("best_params") or {}).items()]
+        for solution in result.get("solutions") or []:
+            params = " ".join(f"{k}={v}" for k, v in (solution.get("params") or {}).items())
+            lines.append(f"- values {solution.get('values')}: `{params}`")
+        lines.append("")
+    if report.notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in report.notes], ""]
+    if plots:
+        lines += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    return "\n".join(lines)
+
+
+def to_csv(report: Report) -> pd.DataFrame:
+    """summary.csv: the configuration rows, then one row per failed or incomplete run (status, error)."""
+    if report.failed.empty:
+        return report.table
+    if report.table.empty:
+        return report.failed
+    table = pd.concat([report.table, report.failed], ignore_index=True)
+    return table.astype({"n_seeds": "Int64"})  # blank, not 1.0, in the failed rows

@@ -1,0 +1,191 @@
+"""PNG plots of runs and of comparisons (matplotlib, Agg canvas, imported only when a plot is drawn).
+
+- ``curves.png`` in every run folder (``plot_run``): training loss, validation metrics and task weights
+  per epoch, one line per task (or task/metric);
+- next to a report (``plot_report``): ``val_curves.png`` (each validation metric per epoch, one line per
+  configuration, mean over seeds), ``task_weights.png`` (each configuration's task weights per epoch, mean
+  over seeds) and, when the runs have exactly two tasks, ``tradeoff.png``: the two tasks' first metrics
+  (report split) of every configuration; static-weight configurations (``weighting=static``) are joined as
+  the trade-off front, adaptive methods are labelled points, the single-task baseline is a star.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from mtlrun.report.collect import Run, load_run
+from mtlrun.report.table import Report
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+STATIC_WEIGHTING = "static"
+
+
+def _figure(
+    panels: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.0), fast: bool = False
+) -> tuple[Figure, list[Axes]]:
+    """A grid of ``panels`` axes; ``fast`` uses fixed margins instead of the constrained layout (which
+    measures every label: about half a second more per figure)."""
+    from matplotlib.figure import Figure
+
+    ncols = max(1, min(ncols, panels))
+    nrows = math.ceil(panels / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout=None if fast else "constrained")
+    if fast:  # margins in inches, so tick labels fit whatever the number of rows
+        height = size[1] * nrows
+        fig.subplots_adjust(
+            left=0.06, right=0.98, bottom=0.55 / height, top=1 - 0.35 / height, wspace=0.3, hspace=0.5
+        )
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    for ax in axes[:panels]:
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs
+    return fig, axes[:panels]
+
+
+def _rows(metrics: pd.DataFrame, split: str, metric: str | None = None) -> pd.DataFrame:
+    rows = metrics[metrics.split == split]
+    return rows if metric is None else rows[rows.metric == metric]
+
+
+def plot_run(run_dir: Path, name: str = "curves.png") -> Path | None:
+    """Draw one run's curves into ``run_dir/name``: training loss (log scale) and task weight per task,
+    then one panel per task with its validation metrics; None when the run has no metrics.csv rows yet."""
+    run = load_run(run_dir)
+    if run.metrics is None or run.metrics.empty:
+        return None
+    tasks = run.tasks()
+    metrics = run.metrics
+    fig, (loss_ax, weight_ax, *task_axes) = _figure(2 + len(tasks), ncols=4, fast=True)
+    loss, weight, val = (
+        _rows(metrics, "train", "loss"),
+        _rows(metrics, "train", "weight"),
+        _rows(metrics, "val"),
+    )
+    for task, ax in zip(tasks, task_axes, strict=True):
+        rows = loss[loss.task == task]
+        loss_ax.plot(rows.epoch, rows.value, marker=".", label=task)
+        rows = weight[weight.task == task]
+        weight_ax.plot(rows.epoch, rows.value, marker=".", label=task)
+        for metric in tasks[task].get("metrics", []):
+            rows = val[(val.task == task) & (val.metric == metric)]
+            ax.plot(rows.epoch, rows.value, marker=".", label=metric)
+        ax.set_title(f"{task}: validation")
+        if run.summary.get("best_epoch"):
+            ax.axvline(run.summary["best_epoch"], color="grey", linestyle=":", linewidth=1)
+    loss_ax.set_yscale("log")
+    loss_ax.set_title("train loss")
+    weight_ax.set_title("task weight")
+    for ax in (loss_ax, weight_ax, *task_axes):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize="small")
+    path = run_dir / name
+    fig.savefig(path, dpi=72)
+    return path
+
+
+def _mean_curve(runs: Sequence[Run], split: str, task: str, metric: str) -> pd.Series:
+    """Mean over runs of ``task/metric`` per epoch."""
+    frames = [run.metrics for run in runs if run.metrics is not None]
+    if not frames:
+        return pd.Series(dtype=float)
+    rows = pd.concat(frames)
+    rows = rows[(rows.split == split) & (rows.task == task) & (rows.metric == metric)]
+    return rows.groupby("epoch").value.mean()
+
+
+def plot_val_curves(report: Report, path: Path) -> Path | None:
+    if not report.metrics:
+        return None
+    fig, axes = _figure(len(report.metrics))
+    for ax, key in zip(axes, report.metrics, strict=True):
+        task, metric = key.split("/", 1)
+        for config in report.configurations:
+            curve = _mean_curve(config.runs, "val", task, metric)
+            if not curve.empty:
+                ax.plot(curve.index, curve.values, marker=".", label=config.label)
+        ax.set_title(
+            f"validation {key} ({'higher' if report.higher_is_better.get(key) else 'lower'} is better)"
+        )
+        ax.set_xlabel("epoch")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="outside lower center", fontsize="small", ncols=max(1, min(len(labels), 2))
+    )
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def plot_task_weights(report: Report, path: Path) -> Path | None:
+    if not report.configurations:
+        return None
+    fig, axes = _figure(len(report.configurations))
+    for ax, config in zip(axes, report.configurations, strict=True):
+        for task in config.runs[0].tasks():
+            curve = _mean_curve(config.runs, "train", task, "weight")
+            if not curve.empty:
+                ax.plot(curve.index, curve.values, marker=".", label=task)
+        ax.set_title(config.label, fontsize="small")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("task weight")
+        ax.legend(fontsize="x-small")
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def _is_static(runs: Sequence[Run]) -> bool:
+    return runs[0].choices.get("weighting") == STATIC_WEIGHTING
+
+
+def plot_tradeoff(report: Report, path: Path) -> Path | None:
+    """The two tasks' first metrics of every configuration; None unless the runs have exactly two tasks."""
+    tasks = list(dict.fromkeys(key.split("/", 1)[0] for key in report.metrics))
+    if len(tasks) != 2 or report.table.empty:
+        return None
+    x_key, y_key = (next(k for k in report.metrics if k.startswith(f"{t}/")) for t in tasks)
+    table = report.table
+    fig, (ax,) = _figure(1, size=(7.0, 5.0))
+    static = [i for i, c in enumerate(report.configurations) if _is_static(c.runs)]
+    if static:
+        front = table.iloc[static].sort_values(f"{x_key}_mean")
+        ax.plot(front[f"{x_key}_mean"], front[f"{y_key}_mean"], "o-", color="grey", label="static weights")
+    for i, config in enumerate(report.configurations):
+        x, y = table[f"{x_key}_mean"].iloc[i], table[f"{y_key}_mean"].iloc[i]
+        if i not in static:
+            single = all(run.is_single_task for run in config.runs)
+            ax.plot(x, y, "*" if single else "o", markersize=12 if single else 7)
+        right = x > table[f"{x_key}_mean"].median()  # labels of points on the right run leftwards
+        note = ax.annotate(
+            config.label,
+            (x, y),
+            fontsize="x-small",
+            xytext=(-4 if right else 4, 4),
+            textcoords="offset points",
+            ha="right" if right else "left",
+        )
+        note.set_in_layout(False)  # long labels may run past the axes; they must not shrink them
+    ax.set_xlabel(f"{x_key} ({report.split}, {'↑' if report.higher_is_better.get(x_key) else '↓'})")
+    ax.set_ylabel(f"{y_key} ({report.split}, {'↑' if report.higher_is_better.get(y_key) else '↓'})")
+    ax.set_title("task trade-off (mean over seeds)")
+    if static:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def plot_report(report: Report, out_dir: Path) -> list[Path]:
+    """Every comparison plot that applies, written into ``out_dir``; returns the files written."""
+    drawn = [
+        plot_val_curves(report, out_dir / "val_curves.png"),
+        plot_task_weights(report, out_dir / "task_weights.png"),
+        plot_tradeoff(report, out_dir / "tradeoff.png"),
+    ]
+    return [path for path in drawn if path is not None]

@@ -13,10 +13,11 @@ import types
 import typing
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, MtlrunError
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -121,8 +122,13 @@ def _describe(hint: Any) -> str:
 def build(node: DictConfig, where: str, **runtime: Any) -> Any:
     """Check ``node`` (see :func:`check_node`) and instantiate it with the run-time arguments."""
     check_node(node, where, set(runtime))
-    if not runtime:
-        return instantiate(node, _convert_="all")
-    # Pass run-time objects to the call itself: merging them into the config would turn dataclass
-    # instances (tasks) into config nodes.
-    return instantiate(node, _partial_=True, _convert_="all")(**runtime)
+    try:
+        if not runtime:
+            return instantiate(node, _convert_="all")
+        # Pass run-time objects to the call itself: merging them into the config would turn dataclass
+        # instances (tasks) into config nodes.
+        return instantiate(node, _partial_=True, _convert_="all")(**runtime)
+    except InstantiationException as err:  # Hydra wraps what the target raised; a user's error stays one
+        if isinstance(err.__cause__, MtlrunError):
+            raise err.__cause__ from None
+        raise

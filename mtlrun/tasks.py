@@ -3,6 +3,12 @@
 A :class:`Task` is built from the ``tasks.<name>`` node of the config. Its kind fixes how many outputs its
 head has, how predictions turn into probabilities, and which losses and metrics make sense. Metrics come
 from torchmetrics, which also tells each metric's direction (``higher_is_better``).
+
+Partly labelled data: a batch may carry ``mask[target]`` (bool [N], True where the row is labelled) and
+``weight`` (float [N] sample weights). The loss is then the weighted mean over labelled rows only, and
+exactly 0, with a zero gradient, when no row of the batch is labelled. Binary tasks may weigh their
+positive rows (``pos_weight``, BCE's ``pos_weight``); regression targets a data set standardised carry
+their ``target_scale`` so metrics are computed in the original units.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, DataError
 
 KINDS = ("regression", "binary", "multiclass", "multilabel")
 
@@ -79,6 +85,11 @@ class Task:
     metrics: list[str] = field(default_factory=list)
     inputs_from: list[str] = field(default_factory=list)
     detach: bool = True
+    columns: list[str] = field(default_factory=list)  # multilabel: the label columns of a table, in order
+    classes: list | None = None  # binary/multiclass: the original labels, in index order
+    pos_weight: float | str | None = None  # binary: BCE weight of positive rows; "auto" until fitted
+    standardize: bool = False  # regression: the data set standardises the target (data=tabular)
+    target_scale: tuple[float, float] | None = None  # (mean, std) the target was standardised with
 
     def __post_init__(self) -> None:
         where = f"tasks.{self.name}"
@@ -86,6 +97,7 @@ class Task:
             raise ConfigError(
                 f"{where}.kind: '{self.kind}' is not a task kind; choose one of {', '.join(KINDS)}"
             )
+        self._check_table_options(where)
         if self.name in RESERVED_NAMES or "." in self.name:
             raise ConfigError(
                 f"tasks.{self.name}: task names may not contain dots or be one of {sorted(RESERVED_NAMES)}; "
@@ -105,6 +117,88 @@ class Task:
                     f"{where}.metrics: '{metric}' is not a {self.kind} metric; "
                     f"choose from {', '.join(METRICS[self.kind])}"
                 )
+
+    def _check_table_options(self, where: str) -> None:
+        """Check ``columns``, ``classes``, ``pos_weight`` and ``standardize`` against the kind; fill in
+        ``num_classes`` from ``columns`` (multilabel) or ``classes`` (multiclass) when it is not given."""
+        self.columns = list(self.columns or [])
+        if self.columns:
+            if self.kind != "multilabel":
+                raise ConfigError(f"{where}.columns: only multilabel tasks read several columns; remove it")
+            if self.num_classes is None:
+                self.num_classes = len(self.columns)
+            if self.num_classes != len(self.columns):
+                raise ConfigError(
+                    f"{where}.num_classes: {self.num_classes}, but columns lists {len(self.columns)} labels; "
+                    "make them agree (or leave num_classes out)"
+                )
+        if self.classes is not None:
+            self.classes = list(self.classes)
+            if self.kind not in ("binary", "multiclass"):
+                raise ConfigError(
+                    f"{where}.classes: only binary and multiclass tasks have classes; remove it"
+                )
+            if len(set(map(str, self.classes))) != len(self.classes):
+                raise ConfigError(f"{where}.classes: {self.classes} lists a label twice")
+            if self.kind == "binary" and len(self.classes) != 2:
+                raise ConfigError(
+                    f"{where}.classes: a binary task has two classes (negative, positive); got {self.classes}"
+                )
+            if self.kind == "multiclass":
+                if self.num_classes is None:
+                    self.num_classes = len(self.classes)
+                if self.num_classes != len(self.classes):
+                    raise ConfigError(
+                        f"{where}.classes: {len(self.classes)} labels, but num_classes is {self.num_classes}; "
+                        "make them agree (or leave num_classes out)"
+                    )
+        if self.pos_weight is not None:
+            if self.kind != "binary":
+                raise ConfigError(f"{where}.pos_weight: only binary tasks weigh positive rows; remove it")
+            ok = self.pos_weight == "auto" or (
+                isinstance(self.pos_weight, int | float)
+                and not isinstance(self.pos_weight, bool)
+                and self.pos_weight > 0
+            )
+            if not ok:
+                raise ConfigError(
+                    f"{where}.pos_weight: {self.pos_weight!r}; give a positive number or auto (n_neg / n_pos "
+                    "of the training split)"
+                )
+        if self.standardize and self.kind != "regression":
+            raise ConfigError(f"{where}.standardize: only regression targets are standardised; remove it")
+
+    def apply_data_settings(self, data_name: str, settings: Mapping[str, object]) -> None:
+        """Take what the data set fitted for this task's target (``target_scale``, ``classes``), then check
+        that nothing the task asked for is left unfitted."""
+        unknown = set(settings) - {"target_scale", "classes"}
+        if unknown:
+            raise ValueError(f"data set {data_name}: unknown task settings {sorted(unknown)}")
+        if "target_scale" in settings:
+            mean, std = settings["target_scale"]
+            self.target_scale = (float(mean), float(std))
+        if "classes" in settings:
+            self.classes = list(settings["classes"])
+        if self.standardize and self.target_scale is None:
+            raise ConfigError(
+                f"tasks.{self.name}.standardize: data set {data_name} does not standardise targets "
+                "(data=tabular does); remove the option"
+            )
+
+    def fit_pos_weight(self, target: Tensor, mask: Tensor | None = None) -> None:
+        """Resolve ``pos_weight: auto`` to n_neg / n_pos over the labelled rows of the training split."""
+        if self.pos_weight != "auto":
+            return
+        labels = target if mask is None else target[mask]
+        positives = int((labels == 1).sum())
+        negatives = int(labels.numel()) - positives
+        if positives == 0 or negatives == 0:
+            raise DataError(
+                f"tasks.{self.name}.pos_weight=auto: the training split of target '{self.target}' has "
+                f"{positives} positive and {negatives} negative labelled rows, so n_neg/n_pos is undefined; "
+                "give pos_weight a number"
+            )
+        self.pos_weight = negatives / positives
 
     @property
     def out_dim(self) -> int:
@@ -130,10 +224,23 @@ class Task:
     def _prepare_target(self, prediction: Tensor, target: Tensor) -> Tensor:
         return target.long() if self.kind == "multiclass" else target.to(prediction.dtype)
 
+    def _loss_options(self, prediction: Tensor) -> dict:
+        if self.pos_weight is None:
+            return {}
+        if isinstance(self.pos_weight, str):
+            raise ConfigError(
+                f"tasks.{self.name}.pos_weight={self.pos_weight}: not fitted (the runner fits it from the "
+                "training split); give a number when calling losses directly"
+            )
+        return {"pos_weight": torch.tensor(self.pos_weight, dtype=prediction.dtype, device=prediction.device)}
+
     def loss_per_sample(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Per-sample loss, shape [N] (for masked targets and sample weights)."""
         loss = LOSSES[self.kind][self.loss](
-            prediction, self._prepare_target(prediction, target), reduction="none"
+            prediction,
+            self._prepare_target(prediction, target),
+            reduction="none",
+            **self._loss_options(prediction),
         )
         reduction = OUTPUT_REDUCTION[self.kind]
         if reduction == "none":
@@ -141,20 +248,46 @@ class Task:
         loss = loss.reshape(loss.shape[0], -1)
         return loss.sum(1) if reduction == "sum" else loss.mean(1)
 
-    def loss_mean(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """The batch mean of :meth:`loss_per_sample`, in one fused call (the training step's fast path)."""
-        loss = LOSSES[self.kind][self.loss](prediction, self._prepare_target(prediction, target))
-        if OUTPUT_REDUCTION[self.kind] == "sum" and prediction.ndim > 1:
-            loss = loss * (prediction[0].numel())
-        return loss
+    def loss_mean(
+        self, prediction: Tensor, target: Tensor, mask: Tensor | None = None, weight: Tensor | None = None
+    ) -> Tensor:
+        """The batch loss: the mean of :meth:`loss_per_sample`, in one fused call (the training step's fast
+        path); with a ``mask`` (bool [N], True = labelled) and/or sample ``weight`` (float [N]), the weighted
+        mean over labelled rows: sum(w * l) / sum(w). It is exactly 0, with a zero gradient, when no row is
+        labelled (or every weight is 0)."""
+        if mask is None and weight is None:
+            loss = LOSSES[self.kind][self.loss](
+                prediction, self._prepare_target(prediction, target), **self._loss_options(prediction)
+            )
+            if OUTPUT_REDUCTION[self.kind] == "sum" and prediction.ndim > 1:
+                loss = loss * (prediction[0].numel())
+            return loss
+        w = weight.to(prediction.dtype) if weight is not None else None
+        if mask is not None:
+            # unlabelled rows may hold any placeholder (even NaN): replace it, so their loss and gradient stay
+            # finite before the zero weight removes them
+            target = target.masked_fill(~mask.view(-1, *[1] * (target.ndim - 1)), 0)
+            w = mask.to(prediction.dtype) if w is None else w * mask
+        per_sample = self.loss_per_sample(prediction, target)
+        total = w.sum()
+        return (per_sample * w).sum() / torch.where(total > 0, total, torch.ones_like(total))
+
+    def labelled(self, batch: Mapping) -> Tensor | None:
+        """The batch's mask for this task's target (bool [N]), or None when every row is labelled."""
+        masks = batch.get("mask")
+        return masks.get(self.target) if masks else None
 
     def make_metrics(self) -> dict[str, torchmetrics.Metric]:
         return {name: METRICS[self.kind][name](self.num_classes or 0) for name in self.metrics}
 
     def metric_inputs(self, prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(preds, target) as torchmetrics wants them: probabilities and integer labels for classifiers."""
+        """(preds, target) as torchmetrics wants them: probabilities and integer labels for classifiers;
+        regression values in the target's original units (undoing ``target_scale``)."""
         prediction = prediction.float()
         if self.kind == "regression":
+            if self.target_scale is not None:
+                mean, std = self.target_scale
+                return prediction * std + mean, target.float() * std + mean
             return prediction, target.float()
         if self.kind == "multiclass":
             return prediction.softmax(-1), target.long()
@@ -209,6 +342,10 @@ def build_tasks(tasks_cfg: Mapping[str, Mapping]) -> dict[str, Task]:
             metrics=list(spec.pop("metrics", None) or []),
             inputs_from=list(spec.pop("inputs_from", None) or []),
             detach=spec.pop("detach", True),
+            columns=list(spec.pop("columns", None) or []),
+            classes=spec.pop("classes", None),
+            pos_weight=spec.pop("pos_weight", None),
+            standardize=bool(spec.pop("standardize", False)),
         )
         if spec:
             raise ConfigError(f"tasks.{name}: unknown keys {sorted(spec)}")

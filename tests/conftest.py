@@ -6,17 +6,25 @@ sys.path, and parametrizing over the catalogue needs them at collection time, be
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import hydra
+import numpy as np
 import torch
+from census_files import write_census_files
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import cli, schema
+from mtlrun.data.base import TensorData
+from mtlrun.data.idx import write_idx
 from mtlrun.instantiate import build
 from mtlrun.tasks import build_tasks
 from mtlrun.trainer.setup import setup_data, setup_model
@@ -40,9 +48,76 @@ SMALL_SIZES = {
 }
 
 
+def write_mnist_files(root: Path, n_train: int = 128, n_test: int = 40, seed: int = 0) -> Path:
+    """The four MNIST IDX files (random 28x28 uint8 images, labels i % 10) in ``root``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    return root
+
+
+@functools.cache
+def tiny_mnist_keys() -> dict:
+    """Data keys that point a MultiMNIST-style option at tiny files, written once per session."""
+    root = Path(tempfile.mkdtemp(prefix="mtlrun-test-mnist-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return {"root": str(write_mnist_files(root)), "val_size": 48, "cache": False}
+
+
+@functools.cache
+def tiny_census_keys() -> dict:
+    """Data keys that point data=census_income at tiny files (96 training, 80 test rows; 40/40 val/test)."""
+    root = Path(tempfile.mkdtemp(prefix="mtlrun-test-census-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    write_census_files(root)
+    return {"root": str(root)}
+
+
+# Data sets that read files the user has (none ship with mtlrun), keyed by their _target_: a function that
+# returns the data keys pointing them at tiny files of the right format, so catalogue-wide tests (every
+# `data` option) build them like the generated data sets. shrink() applies it.
+FILE_DATA = {
+    "mtlrun.data.multimnist.MultiMNIST": tiny_mnist_keys,
+    "mtlrun.data.census_income.CensusIncome": tiny_census_keys,
+}
+
+
+def file_data_overrides(overrides: Sequence[str]) -> list[str]:
+    """Command-line overrides (``data.root=...``) that point a run composed with ``overrides`` at tiny files
+    when its data set reads files (FILE_DATA); none otherwise. For tests that run the real `mtlrun`."""
+    keys = FILE_DATA.get(compose_cfg(overrides).data.get("_target_"), dict)()
+    return [f"data.{key}={value}" for key, value in keys.items()]
+
+
 def options(group: str) -> list[str]:
     """The options of a config group: sorted stems of conf/<group>/*.yaml."""
     return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+def data_family(target: str) -> type:
+    """The data class ``target`` specialises: the last class before TensorData in its MRO (CensusIncome ->
+    TabularData; a class derived from TensorData directly is its own family)."""
+    mro = [c for c in get_class(target).__mro__ if issubclass(c, TensorData) and c is not TensorData]
+    return mro[-1]
+
+
+def one_data_option_per_class() -> list[str]:
+    """The `data` options, keeping one per data class family: the one named after the family's module, else
+    the first.
+
+    Options of one class (multimnist, multifashion) differ only in their files and names, and a subclass
+    (census_income of tabular) feeds the model through its base's code, so the cross products with every
+    architecture and every weighting need one of them; each still composes and is checked on its own
+    (test_configs.py, the class's own test file).
+    """
+    picked: dict[type, str] = {}
+    for option in options("data"):
+        family = data_family(OmegaConf.load(CONF / "data" / f"{option}.yaml").data._target_)
+        if family not in picked or family.__module__.split(".")[-1] == option:
+            picked[family] = option
+    return sorted(picked.values())
 
 
 def groups() -> list[str]:
@@ -65,10 +140,12 @@ def compose_cfg(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def shrink(cfg: DictConfig) -> DictConfig:
-    """Make the data set small and the run CPU-only, in place; returns ``cfg``."""
+    """Make the data set small (file-based ones read tiny files) and the run CPU-only, in place."""
     for key, value in SMALL_SIZES.items():
         if key in cfg.data:
             cfg.data[key] = value
+    for key, value in FILE_DATA.get(cfg.data.get("_target_"), dict)().items():
+        cfg.data[key] = value
     cfg.trainer.device = "cpu"
     return cfg
 

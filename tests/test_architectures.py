@@ -3,7 +3,7 @@ match what each parameter actually does, the shared representation, and inputs_f
 
 import pytest
 import torch
-from conftest import build_objects, first_batch, nonzero, options, small_cfg
+from conftest import build_objects, first_batch, nonzero, one_data_option_per_class, options, small_cfg
 from omegaconf import OmegaConf
 
 from mtlrun.architecture.base import ParamRole
@@ -11,7 +11,7 @@ from mtlrun.errors import ConfigError
 from mtlrun.tasks import build_tasks
 from mtlrun.trainer.step import task_losses
 
-PAIRS = [(arch, data) for arch in options("architecture") for data in options("data")]
+PAIRS = [(arch, data) for arch in options("architecture") for data in one_data_option_per_class()]
 BATCH = 6
 
 

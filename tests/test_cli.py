@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import file_data_overrides
 
 SMOKE = ["debug=smoke"]
 RUN_FILES = ["config.yaml", "mtlrun.log", "metrics.csv", "summary.json", "checkpoint.pt", "best_model.pt"]
@@ -181,7 +182,8 @@ def test_help_and_cfg_job_do_not_import_torch() -> None:
     "experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
 )
 def test_every_experiment_preset_runs_at_smoke_size(tmp_path: Path, experiment: str) -> None:
-    result = run_in(tmp_path / experiment, f"experiment={experiment}")
+    files = file_data_overrides([f"experiment={experiment}"])  # presets on the user's files read tiny ones
+    result = run_in(tmp_path / experiment, f"experiment={experiment}", *files)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / experiment / "summary.json").read_text())["status"] == "completed"
 

@@ -9,7 +9,16 @@ import shutil
 import hydra
 import pytest
 import torch
-from conftest import CONF, build_objects, compose_cfg, first_batch, groups, options, small_cfg
+from conftest import (
+    CONF,
+    build_objects,
+    compose_cfg,
+    first_batch,
+    groups,
+    one_data_option_per_class,
+    options,
+    small_cfg,
+)
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,7 +84,7 @@ def test_root_config_composes_with_its_values():
 
 
 @pytest.mark.parametrize("architecture", options("architecture"))
-@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("data", one_data_option_per_class())
 def test_data_and_architecture_instantiate(data, architecture):
     cfg = small_cfg([f"data={data}", f"architecture={architecture}"])
     built = build_objects(cfg)
@@ -85,7 +94,7 @@ def test_data_and_architecture_instantiate(data, architecture):
 
 
 @pytest.mark.parametrize("weighting", options("weighting"))
-@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("data", one_data_option_per_class())
 def test_weighting_instantiates_for_every_data_set(data, weighting):
     built = build_objects(small_cfg([f"data={data}", f"weighting={weighting}"]))
     assert isinstance(built.weighting, Weighting)

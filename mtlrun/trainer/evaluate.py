@@ -1,7 +1,13 @@
-"""Evaluation of every task on one split: mean loss and torchmetrics metrics."""
+"""Evaluation of every task on one split: mean loss and torchmetrics metrics.
+
+On partly labelled data (batches with ``mask``), each task counts its labelled rows only: its loss is the
+(sample-weighted) mean over them and its metrics see only them; a task with no labelled row in the pass
+reports NaN. Metrics ignore sample weights; regression metrics are in the target's original units.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from itertools import islice
 
@@ -31,26 +37,36 @@ def evaluate(
         name: {k: m.to(device) for k, m in task.make_metrics().items()} for name, task in tasks.items()
     }
     loss_sum = dict.fromkeys(tasks, 0.0)
-    count = 0
+    count = dict.fromkeys(tasks, 0.0)  # rows (or their summed weights) each task's loss is averaged over
     for batch in islice(data.batches(split, batch_size), limit_batches):
         if autocast is not None:
             with autocast:
                 predictions = model(batch)
         else:
             predictions = model(batch)
-        n = batch["x"].shape[0]
-        count += n
+        weight = batch.get("weight")
         for name, task in tasks.items():
             prediction = predictions[name].float()
             target = batch["y"][task.target]
-            loss_sum[name] += task.loss_per_sample(prediction, target).sum().item()
+            mask = task.labelled(batch)
+            if mask is not None:
+                prediction, target = prediction[mask], target[mask]
+                if len(target) == 0:
+                    continue
+            w = None if weight is None else (weight if mask is None else weight[mask]).float()
+            per_sample = task.loss_per_sample(prediction, target)
+            loss_sum[name] += (per_sample if w is None else per_sample * w).sum().item()
+            count[name] += len(target) if w is None else w.sum().item()
             preds, labels = task.metric_inputs(prediction, target)
             for metric in metrics[name].values():
                 metric.update(preds, labels)
     model.train(was_training)
     results = {}
     for name in tasks:
-        row = {"loss": loss_sum[name] / max(count, 1)}
+        if count[name] == 0:  # no labelled row in this pass: nothing to report
+            results[name] = {"loss": math.nan} | dict.fromkeys(metrics[name], math.nan)
+            continue
+        row = {"loss": loss_sum[name] / count[name]}
         row.update({k: float(m.compute()) for k, m in metrics[name].items()})
         results[name] = row
     for name, stats in model.diagnostics().items():  # e.g. each task's mean expert usage (MMoE)

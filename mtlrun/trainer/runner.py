@@ -125,6 +125,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         write_json(summary_path, summary)
 
         s = setup(cfg)
+        s.data.save_preprocessing(out_dir)  # e.g. preprocessing.json of data=tabular, for predicting later
         trainer = cfg.trainer
         state = TrainState()
         if cfg.resume:
@@ -138,7 +139,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 s.shuffle,
                 TrainState,
             )
-        summary |= describe(s) | {"select": trainer.select.value}
+        summary |= describe(s) | {"select": trainer.select.value, "higher_is_better": _directions(s)}
         writer = MetricsWriter(out_dir / "metrics.csv")
         progress = make_progress(trainer.progress)
         log.info(
@@ -210,6 +211,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 state.best_val, state.best_test, {t: ["loss", *task.metrics] for t, task in s.tasks.items()}
             ),
         )
+        if trainer.plots:
+            _plot_curves(out_dir)
         log.info("outputs in %s", out_dir)
         return summary
     except BaseException as err:
@@ -237,6 +240,21 @@ def _progress_fields(state: TrainState, started: float, s: Setup) -> dict:
         "backward_passes_per_step": s.engine.passes_per_step(),
         "weighting_state": s.weighting.summary(),
     }
+
+
+def _directions(s: Setup) -> dict[str, bool]:
+    """{"task/metric": higher is better} of every declared metric (read by ``mtlrun report`` for Δm%)."""
+    return {f"{t}/{m}": task.higher_is_better(m) for t, task in s.tasks.items() for m in task.metrics}
+
+
+def _plot_curves(out_dir: Path) -> None:
+    """curves.png of the run (loss, validation metrics, task weights per epoch); a failure only warns."""
+    try:
+        from mtlrun.report.plots import plot_run
+
+        plot_run(out_dir)
+    except Exception as err:  # a plot must never fail a finished run
+        log.warning("could not draw %s/curves.png (%s: %s)", out_dir, type(err).__name__, err)
 
 
 def _fmt(values: Mapping[str, float]) -> str:

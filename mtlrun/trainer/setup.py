@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtlrun.architecture.base import MTLModel
 from mtlrun.data.base import TensorData
 from mtlrun.errors import ConfigError
-from mtlrun.instantiate import build
+from mtlrun.instantiate import build, resolve_target
 from mtlrun.optim.groups import ParamGroup, build_param_groups, optimizer_param_groups
 from mtlrun.tasks import Task, build_tasks
 from mtlrun.trainer.backward import BackwardEngine
@@ -42,16 +43,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def accepts(node: DictConfig, where: str, name: str) -> bool:
+    """Whether the ``_target_`` of ``node`` takes a keyword argument ``name``."""
+    target = resolve_target(node, where)
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def setup_data(cfg: DictConfig, tasks: Mapping[str, Task], device: torch.device) -> TensorData:
-    data = build(cfg.data, "data")
+    # data sets that read their targets from the task declarations (data=tabular) take the tasks
+    data = build(cfg.data, "data", **({"tasks": tasks} if accepts(cfg.data, "data", "tasks") else {}))
+    settings = data.task_settings()
     for task in tasks.values():
         if task.target not in data.targets:
             raise ConfigError(
                 f"tasks.{task.name}.target: '{task.target}' is not a target of data set {data.name}; "
                 f"available: {', '.join(data.targets)}"
             )
+        task.apply_data_settings(data.name, settings.get(task.target, {}))
         for split, values in data.splits.items():
-            task.check_targets(values.y[task.target], split)
+            mask = values.mask.get(task.target)
+            labels = values.y[task.target]
+            task.check_targets(labels if mask is None else labels[mask], split)
+        train = data.splits["train"]
+        task.fit_pos_weight(train.y[task.target], train.mask.get(task.target))
     log.info("data %s: %s, input shape %s", data.name, data.sizes(), list(data.input_shape))
     return data.to(device)
 
@@ -59,8 +76,16 @@ def setup_data(cfg: DictConfig, tasks: Mapping[str, Task], device: torch.device)
 def setup_model(
     cfg: DictConfig, tasks: Mapping[str, Task], data: TensorData, device: torch.device
 ) -> MTLModel:
+    extra = data.encoder_inputs()  # e.g. a table's categorical columns, which the encoder embeds
+    unknown = [name for name in extra if not accepts(cfg.encoder, "encoder", name)]
+    if unknown:
+        raise ConfigError(
+            f"encoder: {cfg.encoder._target_} cannot take {unknown} from data set {data.name} "
+            f"(its inputs need them); pick an encoder whose constructor takes them (for tables: encoder=tabular)"
+        )
+
     def encoder_factory() -> torch.nn.Module:
-        return build(cfg.encoder, "encoder", in_shape=data.input_shape)
+        return build(cfg.encoder, "encoder", in_shape=data.input_shape, **extra)
 
     heads = OmegaConf.to_container(cfg.heads, resolve=True)
     model = build(cfg.architecture, "architecture", encoder=encoder_factory, tasks=tasks, heads=heads)
@@ -148,7 +173,11 @@ def describe(s: Setup) -> dict:
     return {
         "device": str(s.device),
         "data": {"name": s.data.name, "sizes": s.data.sizes()},
-        "tasks": {name: {"kind": t.kind, "metrics": t.metrics} for name, t in s.tasks.items()},
+        "tasks": {
+            name: {"kind": t.kind, "metrics": t.metrics}
+            | {k: v for k in ("pos_weight", "target_scale") if (v := getattr(t, k)) is not None}
+            for name, t in s.tasks.items()
+        },
         "architecture": type(s.model).__name__,
         "weighting": {
             "method": type(s.weighting).__name__,

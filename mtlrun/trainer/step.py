@@ -16,9 +16,14 @@ from mtlrun.trainer.backward import BackwardEngine
 def task_losses(
     predictions: Mapping[str, torch.Tensor], batch: dict, tasks: Mapping[str, Task]
 ) -> torch.Tensor:
-    """[T] mean loss of each task on the batch, in float32."""
+    """[T] mean loss of each task on the batch, in float32: over labelled rows only and weighted by the
+    rows' sample weights when the batch carries ``mask`` / ``weight`` (0 for a task with no labelled row)."""
+    weight = batch.get("weight")
     return torch.stack(
-        [task.loss_mean(predictions[name].float(), batch["y"][task.target]) for name, task in tasks.items()]
+        [
+            task.loss_mean(predictions[name].float(), batch["y"][task.target], task.labelled(batch), weight)
+            for name, task in tasks.items()
+        ]
     )
 
 

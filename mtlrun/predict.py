@@ -163,9 +163,21 @@ def run_status(run_dir: Path) -> str | None:
         return None
 
 
-def rebuild_model(cfg: DictConfig, new: NewInput, device: torch.device) -> tuple[MTLModel, dict[str, Task]]:
+def fitted_pos_weights(run_dir: Path) -> dict[str, float]:
+    """{task: pos_weight} as the run fitted it (``pos_weight: auto``), from its summary.json."""
+    try:
+        described = json.loads((run_dir / "summary.json").read_text()).get("tasks", {})
+    except (OSError, ValueError):
+        return {}
+    return {name: t["pos_weight"] for name, t in described.items() if "pos_weight" in t}
+
+
+def rebuild_model(
+    cfg: DictConfig, new: NewInput, device: torch.device, pos_weights: Mapping[str, float]
+) -> tuple[MTLModel, dict[str, Task]]:
     """The tasks and the (untrained) model of the run's config, built as the runner builds them, with the
-    data set's fitted task settings (classes, target scales) taken from ``new`` instead of training data."""
+    data set's fitted task settings (classes, target scales) taken from ``new`` instead of training data,
+    and the fitted ``pos_weight`` of each binary task (its probabilities undo it, see Task.probabilities)."""
     from omegaconf import OmegaConf
 
     from mtlrun.tasks import build_tasks
@@ -175,6 +187,13 @@ def rebuild_model(cfg: DictConfig, new: NewInput, device: torch.device) -> tuple
     settings = new.task_settings()
     for task in tasks.values():
         task.apply_data_settings(new.name, settings.get(task.target, {}))
+        if task.pos_weight == "auto":
+            if task.name not in pos_weights:
+                raise DataError(
+                    f"tasks.{task.name}.pos_weight=auto: the run's summary.json does not record the fitted "
+                    "value; train the run again with this version of mtlrun"
+                )
+            task.pos_weight = float(pos_weights[task.name])
     return setup_model(cfg, tasks, new, device), tasks
 
 
@@ -310,7 +329,7 @@ def predict(options: Options) -> tuple[pd.DataFrame, Path]:
     if len(new) == 0:
         raise DataError(f"data.path={options.path}: no rows to predict on; give a file with rows")
     device = resolve_device(options.device)
-    model, tasks = rebuild_model(cfg, new, device)
+    model, tasks = rebuild_model(cfg, new, device, fitted_pos_weights(options.run))
     load_weights(model, weights)
     found = estimates(model, tasks, new.x, options.batch_size, device)
     table = prediction_table(tasks, {k: v.numpy() for k, v in found.items()}, new.columns[options.keep])

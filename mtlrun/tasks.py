@@ -13,6 +13,7 @@ their ``target_scale`` so metrics are computed in the original units.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -214,11 +215,19 @@ class Task:
         """The head's output in the shape the loss expects: [N] for 1-output heads, else [N, C]."""
         return raw.squeeze(-1) if self.out_dim == 1 and self.kind != "multiclass" else raw
 
-    def estimate(self, prediction: Tensor) -> Tensor:
-        """The task's estimate as a feature for other tasks: probabilities or values, shape [N, feature_dim]."""
+    def probabilities(self, prediction: Tensor) -> Tensor:
+        """Calibrated class probabilities of a classifier's logits. A binary task trained with ``pos_weight``
+        w has its loss minimised at logit(p) + log w (positive rows count w times), so log w is taken off
+        first: the probabilities then estimate P(y = 1), not w-inflated odds."""
         if self.kind == "multiclass":
             return prediction.softmax(-1)
-        out = prediction.sigmoid() if self.kind in ("binary", "multilabel") else prediction
+        if self.kind == "binary" and isinstance(self.pos_weight, int | float) and self.pos_weight != 1:
+            prediction = prediction - math.log(self.pos_weight)
+        return prediction.sigmoid()
+
+    def estimate(self, prediction: Tensor) -> Tensor:
+        """The task's estimate as a feature for other tasks: probabilities or values, shape [N, feature_dim]."""
+        out = prediction if self.kind == "regression" else self.probabilities(prediction)
         return out.reshape(out.shape[0], -1)
 
     def _prepare_target(self, prediction: Tensor, target: Tensor) -> Tensor:
@@ -289,9 +298,7 @@ class Task:
                 mean, std = self.target_scale
                 return prediction * std + mean, target.float() * std + mean
             return prediction, target.float()
-        if self.kind == "multiclass":
-            return prediction.softmax(-1), target.long()
-        return prediction.sigmoid(), target.long()
+        return self.probabilities(prediction), target.long()
 
     def higher_is_better(self, metric: str) -> bool:
         return bool(METRICS[self.kind][metric](self.num_classes or 2).higher_is_better)

@@ -57,6 +57,11 @@ def reference(trained: Path):
     pre = TablePreprocessor.load(trained)
     x, frame = transform_file(pre, str(NEW), keep=["impression_id"])
     dwell = pre.target("dwell_seconds")
+    # click trains with pos_weight=auto: n_neg / n_pos of the training split's clicks, recorded in the summary;
+    # it must be near the whole file's ratio (the split is a random 80 %)
+    click_w = json.loads((trained / "summary.json").read_text())["tasks"]["click"]["pos_weight"]
+    clicks = pd.read_csv(FEED).click
+    assert click_w == pytest.approx((clicks == 0).sum() / (clicks == 1).sum(), rel=0.1)
 
     def expected(weights: Path) -> pd.DataFrame:
         model.load_state_dict(torch.load(weights, weights_only=True)["model"])
@@ -67,7 +72,8 @@ def reference(trained: Path):
         probs /= probs.sum(1, keepdims=True)
         table = {
             "impression_id": frame.impression_id.to_numpy(),
-            "click": 1 / (1 + np.exp(-out["click"].reshape(-1))),
+            # the example trains click with pos_weight=auto (w = n_neg / n_pos): probabilities undo log w
+            "click": 1 / (1 + np.exp(-(out["click"].reshape(-1) - np.log(click_w)))),
             "purchase": 1 / (1 + np.exp(-out["purchase"].reshape(-1))),
             "dwell_seconds": out["dwell_seconds"].reshape(-1) * dwell.std + dwell.mean,
             "reaction": np.array(CLASSES)[probs.argmax(1)],

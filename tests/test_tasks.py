@@ -200,3 +200,22 @@ def test_build_tasks_rejects_unknown_keys_and_empty_config():
         build_tasks({"a": {"kind": "regression", "foo": 1}})
     with pytest.raises(ConfigError, match="no tasks declared"):
         build_tasks({})
+
+
+def test_pos_weight_probabilities_stay_calibrated() -> None:
+    """With pos_weight w the BCE optimum of a constant logit is log(w p / (1 - p)) (positives count w times);
+    Task.probabilities takes log w off, so the fitted constant model predicts the base rate p, not w-inflated
+    odds. Here p = 0.2, w = 4: the raw sigmoid would say 0.5."""
+    task = Task(name="click", kind="binary", target="click", pos_weight=4.0)
+    labels = torch.tensor([1.0] * 20 + [0.0] * 80).view(100, 1)
+    logit = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([logit], lr=1.0)
+    for _ in range(300):
+        optimizer.zero_grad()
+        task.loss_mean(logit.expand(100, 1), labels).backward()
+        optimizer.step()
+    assert float(logit.detach()) == pytest.approx(math.log(4 * 0.2 / 0.8), abs=1e-4)
+    assert float(task.probabilities(logit.detach())) == pytest.approx(0.2, abs=1e-4)
+    assert float(task.estimate(logit.detach().view(1, 1))) == pytest.approx(0.2, abs=1e-4)
+    unweighted = Task(name="click", kind="binary", target="click")
+    assert float(unweighted.probabilities(torch.zeros(1))) == 0.5

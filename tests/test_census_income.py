@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from census_files import census_rows, write_census_file, write_census_files
 from conftest import CONF, compose_cfg
 from omegaconf import OmegaConf
 
+from mtlrun import predict
 from mtlrun.data.census_income import CATEGORICAL, COLUMNS, NUMERIC, CensusIncome
 from mtlrun.errors import ConfigError, DataError
 from mtlrun.tasks import build_tasks
@@ -267,6 +269,14 @@ def test_the_preset_trains_end_to_end_in_process(files, tmp_path: Path) -> None:
     assert summary["architecture"] == "MMoE" and set(summary["test"]) == {"income", "marital"}
     assert 0 <= summary["test"]["income"]["auroc"] <= 1
     assert (tmp_path / "preprocessing.json").is_file()
+
+    # the trained run predicts a headerless file in the census layout (its own test file here)
+    out = tmp_path / "predictions.csv"
+    test_file = next(files[0].glob("census-income.test*"))
+    assert predict.main([f"run={tmp_path}", f"data.path={test_file}", "keep=[age]", f"out={out}"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["age", "income", "marital"] and len(table) == len(files[2])
+    assert table[["income", "marital"]].stack().between(0, 1).all()
 
 
 @pytest.mark.slow  # an `mtlrun` process (~5 s); the fast tier runs the preset through the CLI in test_cli.py

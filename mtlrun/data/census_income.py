@@ -33,7 +33,7 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,23 @@ class CensusIncome(TabularData):
             frames[split] = frame
         preprocessor = TablePreprocessor.for_tasks(tasks, numeric, categorical, weight, min_category_count)
         self.init_from_frames(frames, preprocessor, sources)
+
+    @classmethod
+    def read_new_file(
+        cls, path: str, columns: Sequence[str], optional: Sequence[str], roles: Mapping[str, str]
+    ) -> tuple[pd.DataFrame, str]:
+        """A file to predict on, in the census-income layout (headerless, like census-income.test)."""
+        resolved = resolve_path(path, "data.path")
+        if not resolved.is_file():
+            raise DataError(f"data.path: no file {resolved}; give a file in the census-income layout")
+        frame = read_census_file(resolved)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{resolved}: no column(s) {missing} ({', '.join(roles.get(c, '') for c in missing)}); "
+                f"census-income files have {', '.join(COLUMNS)}"
+            )
+        return frame, str(resolved)
 
     @staticmethod
     def _check_features(tasks: Mapping[str, Any], features: list[str], weight: str | None) -> None:

@@ -210,6 +210,14 @@ class TabularData(TensorData):
         self.preprocessor.save(Path(folder) / PREPROCESSING_FILE)
 
     @classmethod
+    def read_new_file(
+        cls, path: str, columns: Sequence[str], optional: Sequence[str], roles: Mapping[str, str]
+    ) -> tuple[pd.DataFrame, str]:
+        """(frame, resolved path) of a file to predict on: ``columns`` must exist, ``optional`` ones are read
+        when present. A data set whose files have a fixed layout (no header) overrides it."""
+        return read_table(path, columns, optional=optional, roles=roles)
+
+    @classmethod
     def new_input(cls, run_dir: Path, path: str, keep: Sequence[str] = ()) -> NewInput:
         """``path`` transformed with the run's preprocessing.json (``mtlrun predict``): the feature and
         ``keep`` columns must exist, the targets are read along when present."""
@@ -217,8 +225,6 @@ class TabularData(TensorData):
         fitted.preprocessor = TablePreprocessor.load(Path(run_dir) / PREPROCESSING_FILE)
         features = fitted.preprocessor.feature_columns
         roles = {c: "a feature of the trained model" for c in features} | {c: "keep" for c in keep}
-        frame, source = read_table(
-            path, [*features, *keep], optional=fitted.preprocessor.target_columns, roles=roles
-        )
+        frame, source = cls.read_new_file(path, [*features, *keep], fitted.preprocessor.target_columns, roles)
         x = torch.from_numpy(fitted.preprocessor.features(frame, source))
         return NewInput(cls.name, x, frame, fitted.encoder_inputs(), fitted.task_settings())

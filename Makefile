@@ -6,12 +6,13 @@ ARGS          ?=# extra arguments for `make run`, e.g. make run ARGS="weighting=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (pyproject extras sweep, slurm): test-all only
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all test-gpu lint format bench clean
+.PHONY: help install install-extras run test test-all test-gpu lint format bench clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,28 +23,35 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install mtlrun with its dependencies (torch pinned)
 
+$(EXTRAS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,slurm]"
+	@touch $(EXTRAS_STAMP)
+
+install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins: parallel/SLURM launchers, Optuna (extras sweep, slurm)
+
 run: $(STAMP) ## train on the embedded default data set (MultiDigits); ARGS="..." adds overrides
 	$(BIN)/mtlrun $(ARGS)
 
 test: $(STAMP) ## the fast test tier (what CI runs)
 	$(BIN)/python -m pytest
 
-test-all: $(STAMP) ## every test except GPU ones: the fast tier plus slow tests (presets, wheel, resume)
+test-all: $(EXTRAS_STAMP) ## every test except GPU ones: the fast tier plus slow tests (presets, wheel, resume, launchers, Optuna); installs the extras
 	$(BIN)/python -m pytest -m "not gpu"
 
 test-gpu: $(STAMP) ## tests that need a CUDA device
 	$(BIN)/python -m pytest -m gpu
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check mtlrun tests benchmarks
-	$(BIN)/ruff format --check mtlrun tests benchmarks
+	$(BIN)/ruff check mtlrun hydra_plugins tests benchmarks
+	$(BIN)/ruff format --check mtlrun hydra_plugins tests benchmarks
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix mtlrun tests benchmarks
-	$(BIN)/ruff format mtlrun tests benchmarks
+	$(BIN)/ruff check --fix mtlrun hydra_plugins tests benchmarks
+	$(BIN)/ruff format mtlrun hydra_plugins tests benchmarks
 
 bench: $(STAMP) ## speed benchmarks: ratios measured side by side (see benchmarks/)
 	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/tabular_load.py
 
 clean: ## remove outputs, caches and build files (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info

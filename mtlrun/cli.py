@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mtlrun import schema
+from mtlrun import plugins, schema
 
 log = logging.getLogger("mtlrun")
 
@@ -44,16 +44,21 @@ def _write_failed_summary(out_dir: Path, message: str) -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """The Hydra task: one run. Returns the selected epoch's monitored validation value (for sweepers)."""
+    """The Hydra task: one run. Returns the number ``cfg.objective`` names (mtlrun/objective.py), which a
+    sweeper such as Optuna optimises; None when the run failed in a multirun (the sweeper records a failed
+    trial)."""
     from mtlrun.errors import MtlrunError
+    from mtlrun.objective import build_objective, check_direction
     from mtlrun.trainer.runner import run
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        objective = build_objective(cfg)  # before training: a bad baseline or direction fails in seconds
+        check_direction(objective, hydra_cfg.sweeper)
         summary = run(cfg, out_dir)
-        return summary.get("monitor_value")
+        return objective.value(summary)
     except MtlrunError as err:
         log.error("error: %s", err)
         _write_failed_summary(out_dir, f"{type(err).__name__}: {err}")
@@ -84,6 +89,10 @@ def main() -> None:
 
         command = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
         sys.exit(command.main(sys.argv[2:]))
+    missing = plugins.missing_plugin(sys.argv[1:])
+    if missing:  # one line naming the extra to install, not Hydra's "Could not find ..." stack
+        print(f"error: {missing}", file=sys.stderr)
+        sys.exit(1)
     schema.register()
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)
     app()

@@ -41,6 +41,11 @@ class Select(str, Enum):
     last = "last"
 
 
+class ObjectiveMetric(str, Enum):
+    monitor = "monitor"
+    delta_m = "delta_m"
+
+
 @dataclass
 class TaskConfig:
     kind: TaskKind = TaskKind.regression
@@ -50,6 +55,10 @@ class TaskConfig:
     metrics: Optional[List[str]] = None  # metric names; None picks the kind's defaults
     inputs_from: List[str] = field(default_factory=list)  # tasks whose predictions feed this head
     detach: bool = True  # stop-gradient on those predictions
+    columns: Optional[List[str]] = None  # multilabel, data=tabular: the 0/1 label columns packed into target
+    classes: Optional[List[Any]] = None  # binary/multiclass, data=tabular: the labels, in index order
+    pos_weight: Any = None  # binary: BCE weight of positive rows, a number or "auto" (n_neg/n_pos of train)
+    standardize: bool = False  # regression, data=tabular: train standardised, metrics in original units
 
 
 @dataclass
@@ -71,6 +80,7 @@ class TrainerConfig:
     limit_eval_batches: Optional[int] = None
     progress: bool = True
     checkpoint: bool = True
+    plots: bool = True
 
 
 @dataclass
@@ -78,6 +88,12 @@ class OptimConfig:
     optimizer: Any = None
     groups: Dict[str, Any] = field(default_factory=dict)
     scheduler: Any = None
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: ObjectiveMetric = ObjectiveMetric.monitor  # what a run returns to a sweeper (mtlrun/objective.py)
+    baseline: Optional[str] = None  # delta_m: the single-task run or sweep folder to compare with
 
 
 @dataclass
@@ -93,6 +109,7 @@ class MtlrunConfig:
     heads: Dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 def register() -> None:

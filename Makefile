@@ -6,7 +6,7 @@ ARGS          ?=# extra arguments for `make run`, e.g. make run ARGS="weighting=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (pyproject extras sweep, slurm): test-all only
+EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (pyproject extras sweep, slurm), so tests check their presets
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-extras run test test-all test-gpu lint format bench clean
@@ -32,7 +32,7 @@ install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins: parallel/SLUR
 run: $(STAMP) ## train on the embedded default data set (MultiDigits); ARGS="..." adds overrides
 	$(BIN)/mtlrun $(ARGS)
 
-test: $(STAMP) ## the fast test tier (what CI runs)
+test: $(EXTRAS_STAMP) ## the fast test tier (what CI runs; installs the extras, whose presets it checks)
 	$(BIN)/python -m pytest
 
 test-all: $(EXTRAS_STAMP) ## every test except GPU ones: the fast tier plus slow tests (presets, wheel, resume, launchers, Optuna); installs the extras

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import file_data_overrides
+from conftest import compose_cfg, file_data_overrides
 
 SMOKE = ["debug=smoke"]
 RUN_FILES = ["config.yaml", "mtlrun.log", "metrics.csv", "summary.json", "checkpoint.pt", "best_model.pt"]
@@ -125,10 +125,13 @@ def test_failed_job_in_a_sweep_keeps_the_others_and_exits_nonzero(tmp_path: Path
         ("+trainer.epoch=3", "trainer.epoch"),  # a typo added with +, which Hydra lets through
         ("trainer.epochs=abc", "epochs"),  # wrong type
         ("trainer.device=tpu", "device"),  # value outside an enum
+        # these fail after torch is imported (~6 s of process start each): two stay in the fast tier
         ("+data.train_pair=5", "train_pair"),  # unknown option of the chosen data class
-        ("data.offset=1.5", "data.offset"),  # wrong type for the data class
+        pytest.param(
+            "data.offset=1.5", "data.offset", marks=pytest.mark.slow
+        ),  # wrong type for the data class
         ("tasks.left.num_classes=5", "out of range"),  # labels that do not fit the task
-        ("optim.groups.heads.lr=fast", "lr"),  # wrong type in a parameter group
+        pytest.param("optim.groups.heads.lr=fast", "lr", marks=pytest.mark.slow),  # wrong type in a group
     ],
 )
 def test_bad_override_fails_with_a_message_naming_it(tmp_path: Path, override: str, named: str) -> None:
@@ -178,11 +181,25 @@ def test_help_and_cfg_job_do_not_import_torch() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
-)
-def test_every_experiment_preset_runs_at_smoke_size(tmp_path: Path, experiment: str) -> None:
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_trains_at_smoke_size(tmp_path: Path, experiment: str) -> None:
+    """In-process (the runner the CLI calls, without a ~7 s interpreter and import start per preset); the
+    slow tier runs each preset through the real command."""
+    from mtlrun.trainer.runner import run
+
     files = file_data_overrides([f"experiment={experiment}"])  # presets on the user's files read tiny ones
+    cfg = compose_cfg([f"experiment={experiment}", *SMOKE, *files])
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["steps"] == 6
+
+
+@pytest.mark.slow  # one `mtlrun` process per preset (~8 s each); the fast tier trains them in-process above
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_runs_through_the_cli(tmp_path: Path, experiment: str) -> None:
+    files = file_data_overrides([f"experiment={experiment}"])
     result = run_in(tmp_path / experiment, f"experiment={experiment}", *files)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / experiment / "summary.json").read_text())["status"] == "completed"
@@ -203,6 +220,7 @@ def weighting_options(gradient_based: bool | None = None) -> list[str]:
     return options
 
 
+@pytest.mark.slow  # a catalogue-wide sweep (15-25 s); in-process catalogue tests cover the fast tier
 def test_every_weighting_method_runs_through_the_cli(tmp_path: Path) -> None:
     options = weighting_options()
     result = mtlrun("-m", *SMOKE, f"weighting={','.join(options)}", f"hydra.sweep.dir={tmp_path}")
@@ -215,6 +233,7 @@ def test_every_weighting_method_runs_through_the_cli(tmp_path: Path) -> None:
         assert len(weights) == 2 * 3 and weights.value.notna().all(), option
 
 
+@pytest.mark.slow  # a catalogue-wide sweep (15-25 s); in-process catalogue tests cover the fast tier
 def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> None:
     options = weighting_options(gradient_based=True)
     assert options, "the catalogue ships gradient-based methods"
@@ -238,6 +257,7 @@ def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> No
         assert cosines.value.between(-1, 1).all(), option
 
 
+@pytest.mark.slow  # a catalogue-wide sweep (15-25 s); in-process catalogue tests cover the fast tier
 def test_every_architecture_runs_through_the_cli_on_images_and_vectors(tmp_path: Path) -> None:
     options = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "architecture").glob("*.yaml"))
     result = mtlrun(

@@ -7,10 +7,7 @@ downloaded.
 from __future__ import annotations
 
 import gzip
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -310,20 +307,15 @@ def test_config_builds_the_data_set_and_the_cnn_takes_28x28(tmp_path, option):
     assert encoder(data.splits["train"].x[:4]).shape == (4, 128)
 
 
-def test_mtlrun_trains_on_multimnist_files(tmp_path):
+def test_the_runner_trains_on_multimnist_files(tmp_path, monkeypatch):
+    """In-process (the runner `mtlrun data=multimnist data.root=mnist` calls), from where mtlrun starts."""
+    from mtlrun.trainer.runner import run
+
     write_mnist_files(tmp_path / "mnist", n_train=200, n_test=64)
-    run = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "mtlrun", "data=multimnist", "data.root=mnist", "data.val_size=64"]
-        + ["debug=smoke", f"hydra.run.dir={run}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,  # the relative data.root is read from where mtlrun starts
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary = json.loads((run / "summary.json").read_text())
+    monkeypatch.chdir(tmp_path)  # the relative data.root is read from where mtlrun starts
+    cfg = compose_cfg(["data=multimnist", "data.root=mnist", "data.val_size=64", "debug=smoke"])
+    (tmp_path / "run").mkdir()
+    summary = run(cfg, tmp_path / "run")
     assert summary["status"] == "completed" and summary["steps"] == 6
     assert summary["data"] == {"name": "multimnist", "sizes": {"train": 136, "val": 64, "test": 64}}
     assert set(summary["test"]) == {"left", "right"}

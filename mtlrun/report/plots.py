@@ -145,38 +145,55 @@ def _is_static(runs: Sequence[Run]) -> bool:
     return runs[0].choices.get("weighting") == STATIC_WEIGHTING
 
 
+def short_labels(labels: list[str]) -> list[str]:
+    """The labels without the ``key=value`` parts they all share, and with dotted keys cut to their last
+    part (``weighting.weights.y1=0.1`` -> ``y1=0.1``), so points of a plot can be told apart at a glance."""
+    parts = [label.split() for label in labels]
+    common = set.intersection(*map(set, parts)) if parts else set()
+    return [
+        " ".join(
+            p.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + p.split("=", 1)[1] if "=" in p else p
+            for p in tokens
+            if p not in common
+        )
+        or "(all)"
+        for tokens in parts
+    ]
+
+
 def plot_tradeoff(report: Report, path: Path) -> Path | None:
-    """The two tasks' first metrics of every configuration; None unless the runs have exactly two tasks."""
+    """The two tasks' first metrics of every configuration; None unless the runs have exactly two tasks.
+    Static-weight configurations are joined in their sweep order (the front a weight sweep traces) and
+    annotated with their weights; every other configuration is a point named in the legend."""
     tasks = list(dict.fromkeys(key.split("/", 1)[0] for key in report.metrics))
     if len(tasks) != 2 or report.table.empty:
         return None
     x_key, y_key = (next(k for k in report.metrics if k.startswith(f"{t}/")) for t in tasks)
-    table = report.table
+    xs, ys = report.table[f"{x_key}_mean"], report.table[f"{y_key}_mean"]
     fig, (ax,) = _figure(1, size=(7.0, 5.0))
     static = [i for i, c in enumerate(report.configurations) if _is_static(c.runs)]
+    others = [i for i in range(len(report.configurations)) if i not in static]
     if static:
-        front = table.iloc[static].sort_values(f"{x_key}_mean")
-        ax.plot(front[f"{x_key}_mean"], front[f"{y_key}_mean"], "o-", color="grey", label="static weights")
-    for i, config in enumerate(report.configurations):
-        x, y = table[f"{x_key}_mean"].iloc[i], table[f"{y_key}_mean"].iloc[i]
-        if i not in static:
-            single = all(run.is_single_task for run in config.runs)
-            ax.plot(x, y, "*" if single else "o", markersize=12 if single else 7)
-        right = x > table[f"{x_key}_mean"].median()  # labels of points on the right run leftwards
-        note = ax.annotate(
-            config.label,
-            (x, y),
-            fontsize="x-small",
-            xytext=(-4 if right else 4, 4),
-            textcoords="offset points",
-            ha="right" if right else "left",
-        )
-        note.set_in_layout(False)  # long labels may run past the axes; they must not shrink them
+        ax.plot(xs.iloc[static], ys.iloc[static], "o-", color="grey", label="static weights")
+        for i, label in zip(
+            static, short_labels([report.configurations[i].label for i in static]), strict=True
+        ):
+            note = ax.annotate(
+                label,
+                (xs.iloc[i], ys.iloc[i]),
+                fontsize="x-small",
+                color="dimgrey",
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+            note.set_in_layout(False)
+    for i, label in zip(others, short_labels([report.configurations[i].label for i in others]), strict=True):
+        single = all(run.is_single_task for run in report.configurations[i].runs)
+        ax.plot(xs.iloc[i], ys.iloc[i], "*" if single else "o", markersize=12 if single else 7, label=label)
     ax.set_xlabel(f"{x_key} ({report.split}, {'↑' if report.higher_is_better.get(x_key) else '↓'})")
     ax.set_ylabel(f"{y_key} ({report.split}, {'↑' if report.higher_is_better.get(y_key) else '↓'})")
     ax.set_title("task trade-off (mean over seeds)")
-    if static:
-        ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", loc="best")
     fig.savefig(path, dpi=80)
     return path
 

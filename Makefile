@@ -27,7 +27,7 @@ $(EXTRAS_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,slurm]"
 	@touch $(EXTRAS_STAMP)
 
-install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins: parallel/SLURM launchers, Optuna (extras sweep, slurm)
+install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins: joblib/SLURM launchers, Optuna (extras sweep, slurm)
 
 run: $(STAMP) ## train on the embedded default data set (MultiDigits); ARGS="..." adds overrides
 	$(BIN)/mtlrun $(ARGS)

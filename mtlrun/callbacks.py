@@ -1,15 +1,28 @@
-"""Hydra callbacks. ``SweepStatus``, at the end of a multirun: lists the failed jobs (``mtlrun`` then exits
-non-zero) and writes the sweep's comparison report (summary.csv, summary.md, plots) into the sweep folder."""
+"""Hydra callbacks.
+
+``RunFolders``, before a run or a sweep writes anything: checks the run's config, plans a resume, and claims
+the folder (mtlrun/rundir.py), so a rejected command leaves every folder as it was and two runs never share
+one. ``SweepStatus``, at the end of a multirun: lists the failed jobs (``mtlrun`` then exits non-zero) and
+writes the sweep's comparison report (summary.csv, summary.md, plots) into the sweep folder.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from mtlrun import resume, rundir, schema
+from mtlrun.errors import MtlrunError
 
 log = logging.getLogger("mtlrun")
 
@@ -39,6 +52,79 @@ def write_sweep_report(sweep_dir: Path, plots: bool = True) -> None:
             sweep_dir,
             exc_info=True,
         )
+
+
+class RunFolders(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run: its config (or the resumed run's) is checked, then its folder claimed: a new one for
+        a new run, the run's own for a resume that continues in place."""
+        with _refused():
+            HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves while checking
+            run_dir = Path(config.hydra.run.dir)
+            chosen = not _clock_named(config.hydra.run)  # the user named the folder
+            if config.resume:
+                from mtlrun.cli import base_config
+
+                plan = resume.plan(
+                    config, base_config(config.hydra.job.config_name), run_dir if chosen else None
+                )
+                schema.validate(plan.cfg)
+                if plan.in_place:
+                    rundir.lock(plan.source)
+                    _set(config, "hydra.output_subdir", None)  # keep the .hydra/ files of the run's start
+                    _set(config, "hydra.run.dir", str(plan.source))
+                    return
+            else:
+                schema.validate(config)
+            _set(config, "hydra.run.dir", str(rundir.claim_new(run_dir, numbered=not chosen)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep: its folder is claimed (jobs then get fresh subfolders of it); each job's config is checked
+        by the job."""
+        with _refused():
+            sweep_dir = Path(config.hydra.sweep.dir)
+            claimed = rundir.claim_new(
+                sweep_dir, numbered=_clock_named(config.hydra.sweep), key="hydra.sweep.dir"
+            )
+            if claimed != sweep_dir:  # the jobs compose their own config from the sweep's overrides
+                _set(config, "hydra.sweep.dir", str(claimed))
+                with read_write(config.hydra.overrides.hydra):
+                    config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """A user's mistake found before the run starts: one paragraph on stderr, exit 1, nothing written. Any
+    other error too (with its traceback): Hydra would turn an exception in a callback into a warning and go
+    on, and the run must not start unchecked."""
+    try:
+        yield
+    except MtlrunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception:
+        print(
+            f"error: mtlrun could not check the run before starting it:\n{traceback.format_exc()}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
+def _clock_named(node: DictConfig) -> bool:
+    """Whether ``node.dir`` is named from the clock (``${now:...}``), so mtlrun may pick the next free name."""
+    return "${now:" in str(OmegaConf.to_container(node, resolve=False).get("dir", ""))
+
+
+def _set(config: DictConfig, key: str, value: Any) -> None:
+    """Change a key of Hydra's node (read-only while Hydra runs)."""
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(config, parent_key)
+    with read_write(parent), open_dict(parent):
+        parent[name] = value
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class SweepStatus(Callback):

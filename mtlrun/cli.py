@@ -6,6 +6,7 @@ torch is imported only inside the task function, so ``mtlrun --help`` and ``mtlr
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mtlrun import plugins, schema
+from mtlrun import plugins, schema, signals
 
 log = logging.getLogger("mtlrun")
 
@@ -29,50 +30,107 @@ def config_dir() -> str:
     raise FileNotFoundError(f"mtlrun: no conf/ folder found beside {package}; reinstall the package")
 
 
-def _write_failed_summary(out_dir: Path, message: str) -> None:
-    """Make sure a failed job leaves summary.json with status 'failed', even when it failed before the
-    runner wrote one."""
-    import json
-
-    from mtlrun.trainer.outputs import write_json
-
-    path = out_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    if summary.get("status") != "failed":
-        summary |= {"status": "failed", "error": message}
-        write_json(path, summary)
-
-
 def train(cfg: DictConfig) -> float | None:
     """The Hydra task: one run. Returns the number ``cfg.objective`` names (mtlrun/objective.py), which a
     sweeper such as Optuna optimises; None when the run failed in a multirun (the sweeper records a failed
-    trial)."""
-    from mtlrun.errors import MtlrunError
+    trial). Exit codes: 1 when the run failed, 128 + the signal's number when a stop signal ended it."""
+    from mtlrun import resume
     from mtlrun.objective import build_objective, check_direction
     from mtlrun.trainer.runner import run
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        if cfg.resume:  # the run its folder describes, not what the command line would compose today
+            cfg = resume.continued_config(cfg, base_config(hydra_cfg.job.config_name))
         objective = build_objective(cfg)  # before training: a bad baseline or direction fails in seconds
         check_direction(objective, hydra_cfg.sweeper)
         summary = run(cfg, out_dir)
         return objective.value(summary)
-    except MtlrunError as err:
-        log.error("error: %s", err)
-        _write_failed_summary(out_dir, f"{type(err).__name__}: {err}")
-        if multirun:
-            return None
-        raise SystemExit(1) from None
+    except signals.Interrupted as stop:
+        signals.hand_over(stop.signum)  # e.g. submitit's handler: requeue the job from the checkpoint
+        raise SystemExit(stop.exit_code) from None
     except Exception as err:
-        if not multirun:
-            raise
-        # Hydra's launchers would print only the first failure and drop the traceback from the job's log:
-        # log it here, keep the sweep going, and let the sweep callback report the failure.
-        log.error("job failed:\n%s", traceback.format_exc())
-        _write_failed_summary(out_dir, f"{type(err).__name__}: {err}")
-        return None
+        log.error(describe_error(err))
+        record_failure(out_dir, err)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return None  # the sweep goes on; its report lists the failed job
+        raise SystemExit(1) from None
+
+
+def base_config(config_name: str) -> DictConfig:
+    """The config the command line composes without its overrides (what a resume compares them against)."""
+    from hydra import compose
+
+    return compose(config_name=config_name, overrides=[])
+
+
+def describe_error(err: Exception) -> str:
+    """One paragraph for an error a user can act on (their config or data, the disk); the traceback for
+    anything else, which is a bug."""
+    from mtlrun.errors import MtlrunError
+
+    if isinstance(err, MtlrunError):
+        return f"error: {err}"
+    if isinstance(err, OSError):
+        where = f" {err.filename}" if err.filename else ""
+        return f"error: could not read or write{where} ({err.strerror or err}); check the disk space and permissions"
+    return "failed:\n" + traceback.format_exc()
+
+
+def record_failure(out_dir: Path, err: Exception) -> None:
+    """Make sure a run that failed leaves summary.json saying so, even when it failed before the runner wrote
+    one (the sweep report finds jobs by their summary). An existing summary is the runner's: left alone."""
+    from mtlrun.trainer.outputs import write_json
+
+    path = out_dir / "summary.json"
+    if path.exists():
+        return
+    try:
+        write_json(
+            path, {"status": "failed", "error": f"{type(err).__name__}: {err}", "output_dir": str(out_dir)}
+        )
+    except OSError as write_err:
+        log.error("could not record status 'failed' in %s (%s)", path, write_err.strerror or write_err)
+
+
+def compose_error(err: BaseException) -> str | None:
+    """One paragraph for a mistake in the command line or a config file that Hydra found while composing (an
+    unknown key or option, a wrong type, an override it cannot parse, a YAML syntax error); None for other
+    errors."""
+    import difflib
+
+    import yaml
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for cause in chain:
+        if isinstance(cause, yaml.MarkedYAMLError) and cause.problem_mark is not None:
+            mark = cause.problem_mark
+            return (
+                f"{mark.name}: not valid YAML ({cause.problem} at line {mark.line + 1}, column "
+                f"{mark.column + 1}); fix the file"
+            )
+        if isinstance(cause, ConfigAttributeError | ConfigKeyError) and getattr(cause, "full_key", None):
+            known = [str(k) for k in getattr(cause.parent_node, "keys", list)()]
+            close = difflib.get_close_matches(str(cause.key), known, n=1)
+            parent = str(cause.full_key).rpartition(".")[0]
+            hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'? " if close else ""
+            return f"{cause.full_key}: unknown key; {hint}`mtlrun --cfg job` lists every key"
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            return f"{cause.full_key}: {str(cause).splitlines()[0]}"
+    first = chain[0]
+    if isinstance(first, MissingConfigException):
+        return str(first).split("\nConfig search path")[0].replace("\n\n", "\n")
+    if isinstance(first, OverrideParseException):
+        return f"cannot parse an override ({str(first).splitlines()[0]}); check its brackets and quotes"
+    if isinstance(first, HydraException):
+        return str(first)
+    return None
 
 
 SUBCOMMANDS = {
@@ -93,9 +151,22 @@ def main() -> None:
     if missing:  # one line naming the extra to install, not Hydra's "Could not find ..." stack
         print(f"error: {missing}", file=sys.stderr)
         sys.exit(1)
+    signals.install()  # a stop signal during start-up stops the run before its first step, cleanly
+    sys.argv[1:] = schema.task_key_overrides(sys.argv[1:])
     schema.register()
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)
-    app()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors reach main(), which words them below
+    try:
+        app()
+    except signals.Interrupted as stop:  # a second signal outside a run (composing, waiting for jobs)
+        print(f"interrupted by {signals.name(stop.signum)}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except Exception as err:
+        message = compose_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
     from mtlrun import callbacks
 
     if callbacks.FAILED_JOBS:

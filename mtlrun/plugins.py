@@ -15,9 +15,10 @@ JOBLIB = "hydra_plugins.hydra_joblib_launcher"
 SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper"
 
-# "group=option" (or "group" for every option of it) -> the plugin module it needs
+# "group=option" (or "group" for every option of it) -> the plugin module it needs. Not listed: the options
+# that mtlrun ships with their plugin, hydra/launcher=parallel (hydra_plugins/mtlrun_parallel_launcher/) and
+# hydra/sweeper=variants (hydra_plugins/mtlrun_variant_sweeper/).
 PLUGIN_OF_OPTION: dict[str, str] = {
-    "hydra/launcher=parallel": JOBLIB,  # mtlrun's preset (conf/hydra/launcher/parallel.yaml)
     "hydra/launcher=joblib": JOBLIB,  # the plugin's own node
     "hydra/launcher=slurm": SUBMITIT,
     "hydra/launcher=slurm_local": SUBMITIT,

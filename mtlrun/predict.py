@@ -6,7 +6,8 @@ setup functions, the data set's class turns the file into model input with what 
 weights come from ``best_model.pt`` (the selected epoch) or ``checkpoint.pt`` (the last evaluated one),
 loaded with ``torch.load(weights_only=True)``, so a checkpoint file cannot run code.
 
-The table written has the ``keep`` columns first, then, task by task in config order:
+The table goes to a new file: ``out`` (or the default) must not exist yet, and is never the input file
+(both are refused before any work). It has the ``keep`` columns first, then, task by task in config order:
 
 * binary: ``<task>``, the probability of the positive class (the second of the task's classes);
 * regression: ``<task>``, the value in the target's original units (standardisation undone);
@@ -51,7 +52,10 @@ KEYS = {
         "FILE",
         "the file to predict on (.csv or .parquet) with the run's feature columns; required",
     ),
-    "out": ("FILE", "the table to write, .csv or .parquet (default: <run>/predictions/<FILE's stem>.csv)"),
+    "out": (
+        "FILE",
+        "the table to write, .csv or .parquet, a new file (default: <run>/predictions/<FILE's stem>.csv)",
+    ),
     "checkpoint": ("best", "best: best_model.pt (the selected epoch); last: checkpoint.pt (last evaluated)"),
     "keep": ("[COL,...]", "columns of the input copied to the output first, e.g. keep=[impression_id]"),
     "device": ("auto", "auto (CUDA when present), cpu or cuda"),
@@ -297,17 +301,49 @@ def writer_for(path: Path) -> str:
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
-    """CSV or Parquet by the extension; the folder is created; an existing file is replaced."""
+    """CSV or Parquet by the extension; the folder is created; an existing file is never replaced (the file
+    is created exclusively, so one that appeared since :func:`check_out` is refused too)."""
     kind = writer_for(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "csv":
-        table.to_csv(path, index=False)
-    else:
-        table.to_parquet(path, index=False)
+    try:
+        handle = path.open("x", newline="", encoding="utf-8") if kind == "csv" else path.open("xb")
+    except FileExistsError:
+        raise out_exists(path) from None
+    try:
+        with handle:
+            if kind == "csv":
+                table.to_csv(handle, index=False)
+            else:
+                table.to_parquet(handle, index=False)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written table left behind
+        raise
 
 
 def default_out(run_dir: Path, path: str) -> Path:
     return run_dir / "predictions" / f"{Path(path).stem}.csv"
+
+
+def out_exists(out: Path) -> ConfigError:
+    return ConfigError(
+        f"out={out}: the file already exists, and mtlrun predict never overwrites a result; pick another "
+        "name (out=FILE) or delete it first"
+    )
+
+
+def check_out(out: Path, path: str) -> None:
+    """Before any work: ``out`` must not be the input file ``path`` (resolved, symlinks followed) and must
+    not exist yet."""
+    from mtlrun.data.table_io import resolve_path
+
+    source = resolve_path(path).resolve()
+    if out.resolve() == source:
+        raise ConfigError(
+            f"out={out}: is the input file data.path={path}, which the predictions would overwrite; pick "
+            f"another out=FILE, e.g. out={out.with_name(f'{out.stem}_predictions{out.suffix}')}"
+        )
+    if out.exists() or out.is_symlink():
+        raise out_exists(out)
 
 
 def predict(options: Options) -> tuple[pd.DataFrame, Path]:
@@ -317,6 +353,8 @@ def predict(options: Options) -> tuple[pd.DataFrame, Path]:
     from mtlrun.instantiate import resolve_target
 
     weights = check_run(options.run, options.checkpoint)
+    out = options.out or default_out(options.run, options.path)
+    check_out(out, options.path)
     cfg = OmegaConf.load(options.run / CONFIG_FILE)
     data_class = resolve_target(cfg.data, "data (of the run's config.yaml)")
     new_input = getattr(data_class, "new_input", None)
@@ -333,7 +371,6 @@ def predict(options: Options) -> tuple[pd.DataFrame, Path]:
     load_weights(model, weights)
     found = estimates(model, tasks, new.x, options.batch_size, device)
     table = prediction_table(tasks, {k: v.numpy() for k, v in found.items()}, new.columns[options.keep])
-    out = options.out or default_out(options.run, options.path)
     write_table(table, out)
     return table, out
 

@@ -1,21 +1,31 @@
 """Structured-config schema: the typed shape of the composed config.
 
 Registered in Hydra's ConfigStore as the base of ``conf/config.yaml``, so a misspelled key or a value of
-the wrong type in the fixed part of the config (``trainer``, ``optim``, ``tasks``, top-level keys) fails at
-compose time with a message naming it. The option groups whose content depends on the chosen class
-(``data``, ``encoder``, ``architecture``, ``weighting``) are checked against that class's signature just
-before it is built (see :mod:`mtlrun.instantiate`).
+the wrong type in the fixed part of the config (``trainer``, ``optim``, top-level keys) fails at compose
+time with a message naming it. :func:`validate` checks the rest before a run claims its folder: each task
+against :class:`TaskConfig` (tasks are plain mappings at compose time, so ``+tasks.x={kind: regression}``
+can add one from the command line), the ranges declared on the fields (``ranged``), and every learning
+rate. The option groups whose content depends on the chosen class (``data``, ``encoder``, ``architecture``,
+``weighting``) are checked against that class's signature just before it is built (see
+:mod:`mtlrun.instantiate`).
 
 This module must not import torch: ``mtlrun --help`` and ``mtlrun --cfg job`` only compose.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+
+
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, null: str | None = None) -> Any:
+    """A field whose value must be ``>= ge`` (or ``> gt``); ``null`` says what null means where it is allowed.
+    :func:`validate` checks it and names the key and the range in its message."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "null": null})
 
 
 class TaskKind(str, Enum):
@@ -63,23 +73,25 @@ class TaskConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 256
-    eval_batch_size: int = 2048
+    epochs: int = ranged(10, ge=1)
+    batch_size: int = ranged(256, ge=1)
+    eval_batch_size: int = ranged(2048, ge=1)
     device: Device = Device.auto
     precision: Precision = Precision.fp32
     compile: bool = False
     deterministic: bool = False
-    grad_clip: Optional[float] = None
-    grad_cosine_every: int = 50
+    grad_clip: Optional[float] = ranged(None, gt=0, null="no clipping")
+    grad_cosine_every: int = ranged(50, ge=0)
     grad_cosine_for_loss_based: bool = False
     monitor: str = "loss"
     select: Select = Select.best
-    eval_every: int = 1
-    limit_train_batches: Optional[int] = None
-    limit_eval_batches: Optional[int] = None
+    eval_every: int = ranged(1, ge=1)
+    limit_train_batches: Optional[int] = ranged(None, ge=1, null="every batch")
+    limit_eval_batches: Optional[int] = ranged(None, ge=1, null="every batch")
     progress: bool = True
     checkpoint: bool = True
+    checkpoint_every: int = ranged(1, ge=1)
+    checkpoint_minutes: Optional[float] = ranged(None, gt=0, null="no time-based checkpoints")
     plots: bool = True
 
 
@@ -98,18 +110,32 @@ class ObjectiveConfig:
 
 @dataclass
 class MtlrunConfig:
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     name: str = "default"
     resume: Optional[str] = None
     data: Any = None
     encoder: Any = None
     architecture: Any = None
     weighting: Any = None
-    tasks: Dict[str, TaskConfig] = field(default_factory=dict)
+    tasks: Dict[str, Any] = field(default_factory=dict)  # each checked against TaskConfig by validate()
     heads: Dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+def task_key_overrides(overrides: List[str]) -> List[str]:
+    """Let ``tasks.<name>.<key>=value`` set any key of :class:`TaskConfig`, listed in the task's YAML or not.
+
+    Tasks are plain mappings at compose time, so that ``+tasks.x={kind: regression, target: sum}`` can add a
+    task from the command line (OmegaConf refuses a mapping as a new element of a typed dict). A key a YAML
+    leaves out is then not in the composed config, and Hydra would want ``+`` to set it: such an override of
+    a TaskConfig key becomes ``++`` (set or add). Other keys are left alone, so a misspelled one is still an
+    error that names it.
+    """
+    keys = "|".join(f.name for f in fields(TaskConfig))
+    pattern = re.compile(rf"^tasks\.[^.=]+\.(?:{keys})=")
+    return [f"++{arg}" if pattern.match(arg) else arg for arg in overrides]
 
 
 def register() -> None:
@@ -118,23 +144,88 @@ def register() -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Check a composed config against the schema once more, keys added with ``+`` included.
+    """Check a composed config (without its ``hydra`` node) before anything is built or written.
 
-    Hydra lets ``+trainer.epoch=3`` add a key the schema does not have; merging into a fresh structured
-    config turns such a typo into an error that names it.
+    Hydra lets ``+trainer.epoch=3`` add a key the schema does not have, and tasks are untyped at compose
+    time: merging into fresh structured configs turns a typo or a wrong type into an error that names the
+    key. Then the declared ranges (:func:`ranged`) and the learning rates.
     """
+    from omegaconf import OmegaConf
+
+    def plain(resolve: bool) -> dict:  # a plain copy: merging the typed config would carry its type along
+        return {
+            key: OmegaConf.to_container(value, resolve=resolve) if OmegaConf.is_config(value) else value
+            for key, value in cfg.items_ex(resolve=False)
+            if key != "hydra"
+        }
+
+    unresolved = plain(resolve=False)
+    tasks = unresolved.pop("tasks", None) or {}
+    _merge_into(MtlrunConfig, unresolved, "")
+    for name, spec in tasks.items():
+        _merge_into(TaskConfig, spec if spec is not None else {}, f"tasks.{name}.")
+    resolved = plain(resolve=True)
+    _check_ranges(MtlrunConfig, resolved, "")
+    _check_learning_rates(resolved.get("optim") or {})
+
+
+def _merge_into(schema: type, values: Any, prefix: str) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, ValidationError
 
     from mtlrun.errors import ConfigError
 
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping of keys, got {values!r}")
     try:
-        # a plain copy: merging the typed config itself would carry the added keys along with its type
-        plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-        OmegaConf.merge(OmegaConf.structured(MtlrunConfig), plain)
+        OmegaConf.merge(OmegaConf.structured(schema), values)
     except ConfigKeyError as err:
         raise ConfigError(
-            f"{err.full_key}: unknown key (check its spelling; `mtlrun --cfg job` lists every key)"
+            f"{prefix}{err.full_key}: unknown key (check its spelling; `mtlrun --cfg job` lists every key)"
         ) from None
     except ValidationError as err:
-        raise ConfigError(f"{err.full_key}: {err.msg}") from None
+        raise ConfigError(f"{prefix}{err.full_key}: {err.msg}") from None
+
+
+def _check_ranges(schema: type, values: dict, prefix: str) -> None:
+    """Every field of ``schema`` declared with :func:`ranged`, recursively, against ``values``."""
+    from mtlrun.errors import ConfigError
+
+    hints = get_type_hints(schema)
+    for f in fields(schema):
+        key, value, hint = f"{prefix}{f.name}", values.get(f.name), hints[f.name]
+        if is_dataclass(hint):
+            _check_ranges(hint, value or {}, f"{key}.")
+            continue
+        ge, gt, null = (f.metadata.get(k) for k in ("ge", "gt", "null"))
+        if ge is None and gt is None:
+            continue
+        too_small = value is not None and (value < ge if ge is not None else value <= gt)
+        if too_small or (value is None and null is None):
+            bound = f">= {ge}" if ge is not None else f"> {gt}"
+            kind = "an integer" if hint in (int, Optional[int]) else "a number"
+            allowed = f"{kind} {bound}" + (f", or null for {null}" if null else "")
+            raise ConfigError(f"{key}={_show(value)} is out of range: use {allowed}")
+
+
+def _check_learning_rates(optim: dict) -> None:
+    """The optimizer's base ``lr`` and every group's (``optim.groups.<group>[.<task>].lr``) must be > 0."""
+    from mtlrun.errors import ConfigError
+
+    found = [("optim.optimizer.lr", (optim.get("optimizer") or {}).get("lr"))]
+    for group, entry in (optim.get("groups") or {}).items():
+        for key, value in (entry or {}).items():
+            if key == "lr":
+                found.append((f"optim.groups.{group}.lr", value))
+            elif isinstance(value, dict) and "lr" in value:
+                found.append((f"optim.groups.{group}.{key}.lr", value["lr"]))
+    for key, value in found:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(
+                f"{key}={_show(value)} is out of range: a learning rate must be > 0 (e.g. 1e-3); "
+                "to freeze a group's parameters, give it a tiny lr instead"
+            )
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)

@@ -72,6 +72,32 @@ DEFAULT_METRICS = {
 
 # Names that mean something else in ``heads`` and ``optim.groups``; a task may not take them.
 RESERVED_NAMES = {"lr", "weight_decay", "lr_scale", "hidden", "activation", "dropout", "loss", "weight"}
+# Names metrics.csv uses in its task column for rows that are not a task's: ``all`` (time per step) and
+# ``model`` (the model's penalty and diagnostics, e.g. PLE's shared gates); a task may not take them either.
+RESERVED_ROW_NAMES = ("all", "model")
+# Characters a task name may not hold: ``.`` separates config keys, ``~`` joins a task pair in metrics.csv
+# (gradient cosines, ``a~b``) and ``/`` separates task and metric (``trainer.monitor=<task>/<metric>``).
+RESERVED_CHARACTERS = (".", "~", "/")
+
+
+def check_task_name(name: str) -> None:
+    """A ConfigError when ``name`` is reserved (:data:`RESERVED_ROW_NAMES`, :data:`RESERVED_NAMES`) or holds a
+    character of :data:`RESERVED_CHARACTERS`; the message lists them all."""
+    characters = [c for c in RESERVED_CHARACTERS if c in name]
+    if characters:
+        problem = f"'{name}' contains '{characters[0]}'"
+    elif name in RESERVED_ROW_NAMES:
+        problem = f"'{name}' is reserved for metrics.csv's own rows"
+    elif name in RESERVED_NAMES:
+        problem = f"'{name}' is reserved (a key of heads and optim.groups)"
+    else:
+        return
+    reserved = ", ".join([*RESERVED_ROW_NAMES, *sorted(RESERVED_NAMES)])
+    forbidden = ", ".join(f"'{c}'" for c in RESERVED_CHARACTERS)
+    raise ConfigError(
+        f"tasks.{name}: {problem}; rename the task. Reserved names: {reserved}; a name may not contain "
+        f"{forbidden}"
+    )
 
 
 @dataclass
@@ -94,16 +120,12 @@ class Task:
 
     def __post_init__(self) -> None:
         where = f"tasks.{self.name}"
+        check_task_name(self.name)
         if self.kind not in KINDS:
             raise ConfigError(
                 f"{where}.kind: '{self.kind}' is not a task kind; choose one of {', '.join(KINDS)}"
             )
         self._check_table_options(where)
-        if self.name in RESERVED_NAMES or "." in self.name:
-            raise ConfigError(
-                f"tasks.{self.name}: task names may not contain dots or be one of {sorted(RESERVED_NAMES)}; "
-                "rename the task"
-            )
         if self.kind in ("multiclass", "multilabel") and (self.num_classes is None or self.num_classes < 2):
             raise ConfigError(f"{where}.num_classes: a {self.kind} task needs num_classes >= 2")
         self.loss = self.loss or next(iter(LOSSES[self.kind]))

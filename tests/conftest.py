@@ -131,7 +131,9 @@ def groups() -> list[str]:
 def _compose(overrides: tuple[str, ...]) -> DictConfig:
     schema.register()
     with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra.compose("config", overrides=list(overrides), return_hydra_config=False)
+        return hydra.compose(
+            "config", overrides=schema.task_key_overrides(list(overrides)), return_hydra_config=False
+        )
 
 
 def compose_cfg(overrides: Sequence[str] = ()) -> DictConfig:

@@ -157,7 +157,7 @@ def test_an_occupied_output_folder_is_refused(smoke_run: Path) -> None:
     before = (smoke_run / "metrics.csv").read_text()
     result = run_in(smoke_run)
     assert result.returncode != 0
-    assert "already holds a run" in result.stdout + result.stderr
+    assert "already holds files" in result.stdout + result.stderr
     assert (smoke_run / "metrics.csv").read_text() == before
 
 

@@ -159,7 +159,6 @@ def test_data_config_picks_a_default_encoder(data):
         ("trainer.epoch=3", "trainer.epoch"),
         ("trainer.select=worst", "trainer.select"),
         ("seed=abc", "seed"),
-        ("tasks.sum.kind=ordinal", "tasks.sum.kind"),
         ("weighting=nope", "nope"),
         ("architecture=nope", "nope"),
     ],
@@ -168,6 +167,28 @@ def test_compose_rejects_bad_override(override, named):
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg([override])
     assert named in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("tasks.sum.kind=ordinal", "tasks.sum.kind"),
+        ("+tasks.sum.kinds=regression", "tasks.sum.kinds: unknown key"),
+        ("+tasks.extra={kind:regression,num_classes:many}", "tasks.extra.num_classes"),
+    ],
+)
+def test_task_mistakes_are_named_before_the_run_starts(override, named):
+    """Tasks are plain mappings at compose time (so a task can be added with `+tasks.x={...}`): each is
+    checked against TaskConfig before a run claims its folder."""
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        schema.validate(cfg)
+
+
+def test_a_task_can_be_added_and_any_task_key_set_from_the_command_line():
+    cfg = compose_cfg(["+tasks.twice={kind:regression,target:sum}", "tasks.twice.inputs_from=[left]"])
+    schema.validate(cfg)
+    assert cfg.tasks.twice == {"kind": "regression", "target": "sum", "inputs_from": ["left"]}
 
 
 def test_typo_in_a_preset_yaml_fails_at_compose(tmp_path):

@@ -301,6 +301,46 @@ def test_weights_are_loaded_without_running_code(trained, tmp_path, capsys) -> N
     assert "the weights do not fit the model its config.yaml describes" in capsys.readouterr().err
 
 
+def test_out_is_never_the_input_nor_an_existing_file(trained, tmp_path, monkeypatch, capsys) -> None:
+    new = tmp_path / "new.csv"
+    shutil.copy(NEW, new)
+    (tmp_path / "link.csv").symlink_to(new)
+    old = tmp_path / "old.csv"
+    old.write_text("an earlier result\n")
+    monkeypatch.chdir(tmp_path)
+    refused = {
+        f"out={new}": f"out={new}: is the input file data.path={new}, which the predictions would overwrite",
+        "out=new.csv": "out=new.csv: is the input file",  # relative to the current directory
+        "out=link.csv": "out=link.csv: is the input file",  # a symlink to it
+        f"out={old}": f"out={old}: the file already exists, and mtlrun predict never overwrites a result",
+    }
+    for out, message in refused.items():
+        assert predict.main([f"run={trained}", f"data.path={new}", out]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert new.read_bytes() == NEW.read_bytes() and old.read_text() == "an earlier result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "new.csv", "old.csv"]
+
+    folder = copy_run(trained, tmp_path / "run")  # the default out, once written, is not written again
+    predict_ok(f"run={folder}", f"data.path={new}", capsys=capsys)
+    written = (folder / "predictions" / "new.csv").read_bytes()
+    assert predict.main([f"run={folder}", f"data.path={new}", "keep=[impression_id]"]) == 1
+    assert "predictions/new.csv: the file already exists" in capsys.readouterr().err
+    assert (folder / "predictions" / "new.csv").read_bytes() == written
+
+
+def test_write_table_creates_the_file_or_refuses(tmp_path) -> None:
+    table = pd.DataFrame({"id": [1, 2], "click": [0.25, 0.5]})
+    predict.write_table(table, tmp_path / "sub" / "p.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "sub" / "p.parquet"), table)
+    out = tmp_path / "p.csv"
+    predict.write_table(table, out)
+    pd.testing.assert_frame_equal(pd.read_csv(out), table)
+    with pytest.raises(ConfigError, match="p.csv: the file already exists"):  # appeared since the check
+        predict.write_table(table.head(1), out)
+    pd.testing.assert_frame_equal(pd.read_csv(out), table)
+
+
 # ----------------------------------------------------------------------------------------- units
 
 

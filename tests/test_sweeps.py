@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import math
 import sys
@@ -28,19 +29,32 @@ from mtlrun.errors import ConfigError
 from mtlrun.objective import build_objective, check_direction, load_baseline
 
 VARIANTS = "hydra_plugins.mtlrun_variant_sweeper.variant_sweeper.VariantSweeper"
+PARALLEL = "hydra_plugins.mtlrun_parallel_launcher.parallel_launcher.ParallelLauncher"
+# mtlrun's own plugins (shipped in hydra_plugins/): conf file -> class
+OWN_PRESETS = {"hydra/sweeper/variants": VARIANTS, "hydra/launcher/parallel": PARALLEL}
 # mtlrun's presets of Hydra plugins: conf file -> (plugin module, its config dataclass)
 PLUGIN_PRESETS = {
-    "hydra/launcher/parallel": ("hydra_plugins.hydra_joblib_launcher.config", "JobLibLauncherConf"),
     "hydra/launcher/slurm": ("hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf"),
     "hydra/launcher/slurm_local": ("hydra_plugins.hydra_submitit_launcher.config", "LocalQueueConf"),
     "hydra/sweeper/optuna_study": ("hydra_plugins.hydra_optuna_sweeper.config", "OptunaSweeperConf"),
 }
 
 
+# mtlrun's subclasses of the submitit launchers, whose requeued job resumes its own run: preset -> class
+RESUMING_LAUNCHERS = {
+    f"hydra/launcher/{option}": f"hydra_plugins.mtlrun_submitit_launcher.submitit_launcher.{name}"
+    for option, name in (("slurm", "SlurmLauncher"), ("slurm_local", "LocalLauncher"))
+}
+
+
+def plugin_class(name: str) -> type:
+    """One of mtlrun's plugin classes as Hydra loaded it: Hydra's plugin scan re-imports the basic sweeper's
+    module, so a class imported directly could subclass a stale copy of BasicSweeper."""
+    return Plugins.instance().class_name_to_class[name]
+
+
 def variant_sweeper_class() -> type:
-    """VariantSweeper as Hydra loaded it: Hydra's plugin scan re-imports the basic sweeper's module, so a class
-    imported directly could subclass a stale copy of BasicSweeper."""
-    return Plugins.instance().class_name_to_class[VARIANTS]
+    return plugin_class(VARIANTS)
 
 
 def compose_with_hydra(overrides: list[str]) -> DictConfig:
@@ -55,7 +69,7 @@ def compose_with_hydra(overrides: list[str]) -> DictConfig:
 
 def test_every_sweep_preset_is_tested_here():
     shipped = {f"hydra/{g}/{o}" for g in ("launcher", "sweeper") for o in options(f"hydra/{g}")}
-    assert shipped == set(PLUGIN_PRESETS) | {"hydra/sweeper/variants"}
+    assert shipped == set(PLUGIN_PRESETS) | set(OWN_PRESETS)
     assert options("hparams_search") == ["lrs", "mixing_lr", "weighting_lr"]
 
 
@@ -66,7 +80,8 @@ def test_plugin_preset_composes_without_the_plugin_and_sets_its_target(preset):
     group, option = preset.rsplit("/", 1)
     node = compose_with_hydra([f"{group}={option}"]).hydra[group.split("/")[1]]
     assert node._target_.startswith("hydra_plugins.")
-    assert node._target_.split(".")[1] == PLUGIN_PRESETS[preset][0].split(".")[1]
+    package = node._target_.split(".")[1]
+    assert package == PLUGIN_PRESETS[preset][0].split(".")[1] or node._target_ in RESUMING_LAUNCHERS.values()
 
 
 @pytest.mark.parametrize("preset", sorted(PLUGIN_PRESETS))
@@ -84,11 +99,29 @@ def test_plugin_preset_sets_exactly_the_plugins_keys_with_valid_types(preset):
         OmegaConf.merge(OmegaConf.structured(importlib.import_module(module).TPESamplerConfig), sampler)
 
 
+@pytest.mark.parametrize("preset", sorted(OWN_PRESETS))
+def test_own_plugin_preset_sets_exactly_the_parameters_of_its_class(preset):
+    # no config dataclass in Hydra's ConfigStore: the class's constructor parameters are the schema (a wrong
+    # type or value fails when Hydra instantiates it)
+    ours = OmegaConf.load(CONF / f"{preset}.yaml")
+    assert ours._target_ == OWN_PRESETS[preset]
+    group = preset.split("/")[1]
+    assert compose_with_hydra([f"hydra/{group}={preset.rsplit('/', 1)[1]}"]).hydra[group] == ours
+    parameters = inspect.signature(plugin_class(OWN_PRESETS[preset])).parameters
+    assert set(ours) - {"_target_"} == set(parameters)
+
+
 def test_variants_sweeper_takes_the_keys_of_its_preset():
     preset = OmegaConf.load(CONF / "hydra" / "sweeper" / "variants.yaml")
-    assert preset._target_ == VARIANTS
     sweeper = hydra.utils.instantiate(preset, _target_=variant_sweeper_class())
     assert sweeper.variants == {} and sweeper.params == {} and sweeper.max_batch_size is None
+
+
+def test_parallel_launcher_takes_the_keys_of_its_preset():
+    preset = OmegaConf.load(CONF / "hydra" / "launcher" / "parallel.yaml")
+    launcher = hydra.utils.instantiate(preset, _target_=plugin_class(PARALLEL))
+    assert launcher.n_jobs == 2
+    assert hydra.utils.instantiate(preset, _target_=plugin_class(PARALLEL), n_jobs=-1).n_jobs >= 1
 
 
 @pytest.mark.parametrize("search", options("hparams_search"))
@@ -290,16 +323,18 @@ def test_chosen_options_reads_group_choices_from_the_command_line():
 def test_missing_plugin_stops_mtlrun_with_one_line_naming_the_extra(monkeypatch, capsys):
     # Point the table at a module that does not exist: the check must catch it before Hydra composes anything.
     missing = "hydra_plugins.mtlrun_no_such_plugin"
-    monkeypatch.setitem(plugins.PLUGIN_OF_OPTION, "hydra/launcher=parallel", missing)
+    monkeypatch.setitem(plugins.PLUGIN_OF_OPTION, "hydra/launcher=joblib", missing)
     monkeypatch.setitem(plugins.EXTRA_OF_PLUGIN, missing, ("hydra-joblib-launcher", "sweep"))
-    monkeypatch.setattr(sys, "argv", ["mtlrun", "-m", "seed=0,1", "hydra/launcher=parallel"])
+    monkeypatch.setattr(sys, "argv", ["mtlrun", "-m", "seed=0,1", "hydra/launcher=joblib"])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err == (
-        "error: hydra/launcher=parallel needs the Hydra plugin hydra-joblib-launcher: pip install 'mtlrun[sweep]'\n"
+        "error: hydra/launcher=joblib needs the Hydra plugin hydra-joblib-launcher: pip install 'mtlrun[sweep]'\n"
     )
+    # mtlrun's own launcher and sweeper ship with it: no extra
+    assert plugins.missing_plugin(["hydra/launcher=parallel", "hydra/sweeper=variants"]) is None
     # every search preset is covered by the table, whatever its name
     monkeypatch.setitem(plugins.PLUGIN_OF_OPTION, "hparams_search", missing)
     assert "mtlrun[sweep]" in plugins.missing_plugin(["hparams_search=lrs"])
@@ -317,3 +352,26 @@ def test_every_plugin_in_the_table_is_an_extra_of_the_package(module):
     extras = pyproject.split("[project.optional-dependencies]")[1].split("[project.scripts]")[0]
     block = extras.split(f"{extra} = [")[1].split("]")[0]
     assert f'"{distribution}==' in block
+
+
+@pytest.mark.parametrize("preset", sorted(RESUMING_LAUNCHERS))
+def test_a_requeued_submitit_job_resumes_its_own_folder(preset, tmp_path):
+    """submitit requeues a preempted job with what the launcher's checkpoint() returns: the same job, plus
+    ``resume=<its folder>`` (replacing one it had), so it continues from the checkpoint mtlrun wrote."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.core.hydra_config import HydraConfig
+
+    cls = plugin_class(RESUMING_LAUNCHERS[preset])
+    assert "BaseSubmititLauncher" in [c.__name__ for c in cls.__mro__]  # (a class of the plugin's scan copy)
+    folder = tmp_path / "job 0's"
+    cfg = compose_with_hydra([])
+    cfg.hydra.runtime.output_dir = str(folder)
+    HydraConfig.instance().set_config(cfg)
+    delayed = cls(submitit_folder=str(tmp_path)).checkpoint(
+        ["seed=1", "resume=old"], "hydra.sweep.dir", 0, "id", {}
+    )
+    overrides = delayed.args[0]
+    assert overrides[:-1] == ["seed=1"]
+    parsed = OverridesParser.create().parse_overrides([overrides[-1]])[0]
+    assert parsed.key_or_group == "resume" and parsed.value() == str(folder)
+    assert delayed.args[1:] == ("hydra.sweep.dir", 0, "id", {})

@@ -1,5 +1,6 @@
 """Real sweeps through the `mtlrun` command (slow tier, `make test-all`, which installs the extras): the parallel
-and submitit launchers, Optuna studies (one with a failing trial), and a comparison preset at smoke size."""
+(more in tests/test_parallel_launcher.py) and submitit launchers, Optuna studies (one with a failing trial),
+and a comparison preset at smoke size."""
 
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ def log_span(job: Path) -> tuple[datetime, datetime]:
 
 
 def test_parallel_launcher_runs_two_jobs_at_the_same_time(tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = mtlrun(
         "-m",
         *SMOKE,
@@ -53,7 +53,7 @@ def test_parallel_launcher_runs_two_jobs_at_the_same_time(tmp_path: Path) -> Non
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=2" in result.stdout
+    assert "Launching 2 jobs, 2 at a time" in result.stdout
     (start0, end0), (start1, end1) = log_span(tmp_path / "0"), log_span(tmp_path / "1")
     # run one after another, the second job would start after the first ended
     assert start1 < end0 and start0 < end1, ((start0, end0), (start1, end1))
@@ -150,3 +150,51 @@ def test_compare_weighting_preset_at_smoke_size_reports_delta_m(tmp_path: Path) 
     assert table.delta_m_mean.notna().all()
     single = table[table.architecture == "single_task"]
     assert single.delta_m_mean.iloc[0] == pytest.approx(0.0, abs=1e-9)  # the baseline against itself
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_table(tmp_path: Path) -> None:
+    """SIGUSR2 (what SLURM and submitit send a preempted job) to a running job: it checkpoints, submitit
+    requeues it, and the requeued job resumes in its own folder and writes the uninterrupted run's table."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import signal
+    import time
+
+    run = [
+        "data=kendall_toy",
+        "encoder.hidden=[512,512]",
+        "trainer.batch_size=10",
+        "trainer.epochs=30",
+        "trainer.progress=false",
+        "trainer.plots=false",
+    ]
+    reference = mtlrun(*run, f"hydra.run.dir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "mtlrun",
+        "-m",
+        *run,
+        "hydra/launcher=slurm_local",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    job = sweep / "0"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # a few epochs in: its metrics.csv has rows of epoch 3
+        if (job / "metrics.csv").exists() and "\n3," in (job / "metrics.csv").read_text():
+            break
+        time.sleep(0.01)
+    os.kill(summary(job)["pid"], signal.SIGUSR2)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output[-3000:]
+    state = summary(job)
+    assert state["status"] == "completed" and state["steps"] == 300
+    assert [entry["from"] for entry in state["resumes"]] == [str(job)]
+    expected, resumed = (pd.read_csv(folder / "metrics.csv") for folder in (tmp_path / "reference", job))
+    pd.testing.assert_frame_equal(
+        resumed[resumed.metric != "time_per_step_s"].reset_index(drop=True),
+        expected[expected.metric != "time_per_step_s"].reset_index(drop=True),
+    )

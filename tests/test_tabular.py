@@ -310,3 +310,105 @@ def test_from_frames_builds_a_table_whose_columns_a_loader_knows():
     frames["val"] = frames["val"].iloc[:0]
     with pytest.raises(DataError, match="val split: the val split is empty"):
         TabularData.from_frames(frames, build_tasks(TASKS), numeric=["age"])
+
+
+# ----------------------------------------------------------------------------------- unreadable table files
+
+
+def write_raw(folder: Path, name: str, content: bytes | str) -> Path:
+    path = folder / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def write_parquet_columns(folder: Path, name: str, names: list[str], rows: int = 2) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / name
+    pq.write_table(pa.table([pa.array([1.0] * rows) for _ in names], names=names), path)
+    return path
+
+
+CSV_HEADER = ",".join(table().columns)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: write_raw(d, "t.csv", b""), r"t\.csv: the file is empty \(0 bytes\)"),
+        (lambda d: write_raw(d, "t.parquet", b""), r"t\.parquet: the file is empty \(0 bytes\)"),
+        (lambda d: write_raw(d, "t.csv", "\n \n\n"), r"t\.csv: the file holds only blank lines"),
+        (lambda d: write_raw(d, "t.csv", CSV_HEADER + "\n"), r"t\.csv: the table has a header but no rows"),
+        (
+            lambda d: write(table().iloc[:0], d, "t.parquet"),
+            r"t\.parquet: the table has columns but no rows",
+        ),
+        (  # a repeated column the config does not even read is refused: which one is meant is unknown
+            lambda d: write_raw(d, "t.csv", table().to_csv(index=False).replace("split\n", "age\n", 1)),
+            r"t\.csv: column 'age' appears 2 times in the header \(columns 1, 6\)",
+        ),
+        (
+            lambda d: write_parquet_columns(d, "t.parquet", ["age", "city", "age"]),
+            r"t\.parquet: column 'age' appears 2 times in the header \(columns 1, 3\)",
+        ),
+        (
+            lambda d: write_raw(d, "t.csv", b"\x89PNG\r\n\x1a\n" + bytes(64)),
+            r"t\.csv: .* it holds a PNG image",
+        ),
+        (lambda d: write(table(), d, "t.parquet").rename(d / "t.csv"), r"a Parquet file"),
+        (
+            lambda d: write_raw(d, "t.csv", "âge,ville\n1,2\n".encode("latin-1")),
+            r"not UTF-8 text \(at byte 0\)",
+        ),
+        (
+            lambda d: write_raw(d, "t.parquet", CSV_HEADER + "\n1,2\n"),
+            r"t\.parquet: cannot read it as Parquet",
+        ),
+    ],
+    ids=[
+        "empty-csv",
+        "empty-parquet",
+        "blank-csv",
+        "header-only-csv",
+        "no-rows-parquet",
+        "repeated-csv-column",
+        "repeated-parquet-column",
+        "png-as-csv",
+        "parquet-as-csv",
+        "latin-1-csv",
+        "csv-as-parquet",
+    ],
+)
+def test_an_unreadable_table_file_is_a_data_error_that_names_it(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(DataError, match=message) as error:
+        load(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_column_suggests_only_a_close_real_column(tmp_path):
+    path = write(table().assign(user_segment="a", level=1), tmp_path)
+    for asked in ("Age", "agee", "AGE "):
+        with pytest.raises(DataError, match=f"no column '{asked}' \\(data.numeric\\); did you mean 'age'\\?"):
+            load(path, numeric=[asked])
+    for far in ("user_age", "label", "segment"):  # alike in letters only: user_segment, level are not meant
+        with pytest.raises(DataError, match=f"no column '{far}' \\(data.numeric\\); the file has") as error:
+            load(path, numeric=[far])
+        assert "did you mean" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "options", "shown"),
+    [
+        (lambda f: f.assign(clicked=[0, 1] * 4 + [1, 0, 2, 0]), {}, "label 2 at row 10"),
+        (lambda f: f.assign(mood=[0, 1, 2] * 3 + [0, 5, 1]), {}, "label 5 at row 10"),
+        (lambda f: f.assign(w=[1.0] * 9 + [-1.5, 1.0, 1.0]), {"weight": "w"}, "holds -1.5; fill it"),
+        (lambda f: f.assign(split=[1] * 8 + [2, 2, 3, 4]), {}, "split column 'split' holds 1 at row 0"),
+    ],
+    ids=["binary-label", "multiclass-label", "weight", "split-value"],
+)
+def test_messages_show_plain_values_not_numpy_reprs(tmp_path, change, options, shown):
+    with pytest.raises(DataError) as error:
+        load(write(change(table()), tmp_path), **options)
+    assert shown in str(error.value) and "np." not in str(error.value)

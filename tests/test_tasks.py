@@ -7,7 +7,17 @@ import torch
 
 from mtlrun.errors import ConfigError
 from mtlrun.schema import TaskKind
-from mtlrun.tasks import DEFAULT_METRICS, KINDS, LOSSES, METRICS, Task, build_tasks, topological_order
+from mtlrun.tasks import (
+    DEFAULT_METRICS,
+    KINDS,
+    LOSSES,
+    METRICS,
+    RESERVED_NAMES,
+    RESERVED_ROW_NAMES,
+    Task,
+    build_tasks,
+    topological_order,
+)
 
 N, C = 7, 4
 
@@ -200,6 +210,46 @@ def test_build_tasks_rejects_unknown_keys_and_empty_config():
         build_tasks({"a": {"kind": "regression", "foo": 1}})
     with pytest.raises(ConfigError, match="no tasks declared"):
         build_tasks({})
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("all", "'all' is reserved for metrics.csv's own rows"),
+        ("model", "'model' is reserved for metrics.csv's own rows"),
+        ("lr", "'lr' is reserved (a key of heads and optim.groups)"),
+        ("left~right", "'left~right' contains '~'"),
+        ("click/ctr", "'click/ctr' contains '/'"),
+        ("a.b", "'a.b' contains '.'"),
+    ],
+)
+def test_reserved_task_names_are_refused_with_the_list_of_them(name: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_tasks({"fine": {"kind": "regression"}, name: {"kind": "regression"}})
+    message = str(error.value)
+    assert message.startswith(f"tasks.{name}: {problem}; rename the task. Reserved names: all, model, ")
+    assert all(reserved in message for reserved in (*RESERVED_ROW_NAMES, *RESERVED_NAMES))
+    assert message.endswith("a name may not contain '.', '~', '/'")
+
+
+def test_names_that_only_resemble_reserved_ones_are_tasks() -> None:
+    names = ["all_users", "model_score", "Model", "left-right", "lr2"]
+    assert list(build_tasks({name: {"kind": "regression"} for name in names})) == names
+
+
+def test_the_rows_of_metrics_csv_that_are_not_tasks_use_only_the_reserved_names(tmp_path) -> None:
+    """RESERVED_ROW_NAMES is what the trainer writes: a run with model rows (PLE's shared gates) and task-pair
+    rows (PCGrad's gradient cosines) puts nothing else in the task column of metrics.csv."""
+    import pandas as pd
+    from conftest import small_cfg
+
+    from mtlrun.trainer.runner import run
+
+    run(small_cfg(["architecture=ple", "weighting=pcgrad", "debug=smoke"]), tmp_path)
+    names = set(pd.read_csv(tmp_path / "metrics.csv").task)
+    pairs = {name for name in names if "~" in name}
+    assert pairs == {"left~right", "left~sum", "right~sum"}
+    assert names - pairs - {"left", "right", "sum"} == set(RESERVED_ROW_NAMES)
 
 
 def test_pos_weight_probabilities_stay_calibrated() -> None:

@@ -109,7 +109,8 @@ def test_zero_gradients_keep_their_mean_weight_and_the_others_are_balanced():
 def test_opposite_gradients_of_equal_norm_give_the_zero_mean():
     g = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     direction, _ = cagrad(torch.stack([g, -g]))
-    assert torch.equal(direction, torch.zeros(6, dtype=torch.float64))
+    # zero up to the rounding of the solver's equal weights (1e-17 here, against |g| ~ 2)
+    assert direction.abs().max() < 1e-14 * g.norm()
 
 
 def test_float32_matches_float64():

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from mtlrun.data.base import SPLITS
-from mtlrun.data.preprocess import TablePreprocessor
+from mtlrun.data.preprocess import TablePreprocessor, shown
 from mtlrun.data.table_io import resolve_path
 from mtlrun.data.tabular import TabularData
 from mtlrun.errors import ConfigError, DataError
@@ -163,7 +163,8 @@ def derive_target(frame: pd.DataFrame, spec: DerivedTarget, source: str) -> np.n
         if bad:
             first = int(np.flatnonzero(codes == bad[0])[0])
             raise DataError(
-                f"{source}: column '{spec.column}' holds {uniques[bad[0]]!r} at line {frame.index[first] + 1} "
+                f"{source}: column '{spec.column}' holds {shown(uniques[bad[0]])} at line "
+                f"{int(frame.index[first]) + 1} "
                 f"({int(np.isin(codes, bad).sum())} such rows); census-income labels are "
                 f"{' and '.join(sorted(spec.allowed))} (with a trailing period); is it the right file?"
             )

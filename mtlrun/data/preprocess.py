@@ -39,6 +39,7 @@ FORMAT = "mtlrun.tabular.preprocessing"
 VERSION = 1
 UNKNOWN = 0  # category index of unseen, rare and missing categories (embedding row 0)
 ROWS_PER_BLOCK = 1 << 14  # rows per block when filling the feature matrix (a block fits the CPU cache)
+CLOSE = 0.8  # similarity from which a column is suggested for a missing one ('agee' -> 'age': 0.86)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -64,6 +65,19 @@ def label_order(value: Any) -> tuple:
     return (0, float(value), "") if number else (1, 0.0, str(value))
 
 
+def shown(value: Any) -> str:
+    """A value from a table as a message shows it: ``'twenty'``, ``2``, ``-1.5`` (never ``np.int64(2)``)."""
+    return repr(plain(value))
+
+
+def closest_column(name: str, present: Sequence[str]) -> str | None:
+    """The column of ``present`` that ``name`` most likely misspells, or None when none is close: equal but
+    for case, or at least ``CLOSE`` similar (difflib ratio of the lower-cased names)."""
+    lowered = {column.lower(): column for column in reversed(present) if column != name}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=CLOSE)
+    return lowered[close[0]] if close else None
+
+
 def row_label(source: str, row: Any) -> str:
     """Where a row is, as a user finds it: CSV rows also give the line number (header = line 1)."""
     if str(source).lower().endswith((".csv", ".tsv")) and isinstance(row, int | np.integer):
@@ -77,8 +91,8 @@ def check_columns(frame: pd.DataFrame, columns: Iterable[str], source: str, role
     for column in columns:
         if column in frame.columns:
             continue
-        close = difflib.get_close_matches(column, present, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        close = closest_column(str(column), present)
+        hint = f"did you mean '{close}'? " if close else ""
         listed = ", ".join(present[:40]) + (" ..." if len(present) > 40 else "")
         raise DataError(
             f"{source}: no column '{column}'{f' ({role})' if role else ''}; {hint}the file has: {listed}. "
@@ -98,8 +112,8 @@ def numeric_values(series: pd.Series, column: str, source: str) -> np.ndarray:
             first = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{source}: column '{column}' must be numeric, but {row_label(source, series.index[first])} "
-                f"holds {series.iloc[first]!r} ({int(bad.sum())} such rows); fix the value, leave it empty "
-                "for missing, or declare the column categorical"
+                f"holds {shown(series.iloc[first])} ({int(bad.sum())} such rows); fix the value, leave it "
+                "empty for missing, or declare the column categorical"
             )
         values = coerced.to_numpy(dtype="float64", na_value=np.nan)
     infinite = np.isinf(values)
@@ -389,7 +403,8 @@ class TablePreprocessor:
             first = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{spec.where(source)}: multilabel columns hold 0 or 1, but {row_label(source, series.index[first])} "
-                f"of '{column}' holds {series.iloc[first]!r}; fix the value or leave it empty for missing"
+                f"of '{column}' holds {shown(series.iloc[first])}; fix the value or leave it empty for "
+                "missing"
             )
         return values
 
@@ -402,7 +417,8 @@ class TablePreprocessor:
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"{spec.where(source)}: label {series.iloc[first]!r} at {row_label(source, series.index[first])} "
+                f"{spec.where(source)}: label {shown(series.iloc[first])} at "
+                f"{row_label(source, series.index[first])} "
                 f"is not one of the classes {spec.classes} ({int(bad.sum())} such rows; classes are "
                 f"{'declared' if spec.classes else 'those of the training split'}); list every label in "
                 f"tasks.{spec.task}.classes{' (and num_classes)' if spec.kind == 'multiclass' else ''} "
@@ -421,8 +437,8 @@ class TablePreprocessor:
             first = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{source}: sample weight column '{self.weight}' must be a non-negative number on every row; "
-                f"{row_label(source, frame.index[first])} holds {frame[self.weight].iloc[first]!r}; fill it "
-                "(1 = an ordinary row)"
+                f"{row_label(source, frame.index[first])} holds {shown(frame[self.weight].iloc[first])}; "
+                "fill it (1 = an ordinary row)"
             )
         return values.astype(np.float32)
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from mtlrun.data.base import SPLITS, NewInput, Split, TensorData
-from mtlrun.data.preprocess import TablePreprocessor, check_columns, row_label
+from mtlrun.data.preprocess import TablePreprocessor, check_columns, row_label, shown
 from mtlrun.data.table_io import read_table
 from mtlrun.errors import ConfigError, DataError
 
@@ -47,7 +47,7 @@ def split_by_column(frame: pd.DataFrame, column: str, source: str) -> dict[str, 
         first = int(np.flatnonzero(bad)[0])
         found = sorted({str(v) for v in values[bad].unique()[:5]})
         raise DataError(
-            f"{source}: split column '{column}' holds {values.iloc[first]!r} at "
+            f"{source}: split column '{column}' holds {shown(values.iloc[first])} at "
             f"{row_label(source, frame.index[first])} ({int(bad.sum())} rows with values {found}); every "
             f"row needs one of {', '.join(SPLITS)}: fix the values or drop those rows"
         )

@@ -4,8 +4,9 @@ Compares every run found in or under the PATHs (run folders, sweep folders, any 
 ``summary.csv``, ``summary.md`` and the plots (``val_curves.png``, ``task_weights.png``, ``tradeoff.png``):
 into ``--out DIR`` when given, else into the input folder when there is a single PATH, else into a
 new ``outputs/reports/<date>/<time>/`` (several inputs have no one folder the report belongs to).
-The Markdown is printed too. Exit code 0 when the report was written (failed jobs are listed in it), 1 on a
-bad path or when no run is found.
+The Markdown is printed too. A run folder whose files cannot be read is left out, with one ``warning:`` line
+naming the file and the problem, and listed under "Unreadable runs". Exit code 0 when the report was written
+(failed jobs are listed in it), 1 on a bad path, when no run is found, or when no run could be read.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from mtlrun.errors import DataError, MtlrunError
 from mtlrun.report.baseline import Baseline, baseline_from, single_task_runs
-from mtlrun.report.collect import find_optuna_results, load_runs
+from mtlrun.report.collect import Run, UnreadableRun, UnreadableRunsError, find_optuna_results, read_runs
 from mtlrun.report.markdown import render, to_csv
 from mtlrun.report.table import SPLITS, Report, build_report
 
@@ -28,9 +29,10 @@ log = logging.getLogger("mtlrun")
 REPORTS_DIR = Path("outputs/reports")
 
 
-def explicit_baseline(paths: Sequence[str | Path], split: str) -> Baseline:
-    """B from ``--baseline`` paths: their single-task runs, or every completed run there if none is one."""
-    runs = [run for run in load_runs(paths) if run.completed]
+def explicit_baseline(paths: Sequence[str | Path], runs: Sequence[Run], split: str) -> Baseline:
+    """B from the runs of the ``--baseline`` paths: their single-task runs, or every completed run there if
+    none is one."""
+    runs = [run for run in runs if run.completed]
     if not runs:
         raise DataError(f"--baseline {' '.join(map(str, paths))}: no completed run there; pass finished runs")
     named = " ".join(map(str, paths))
@@ -41,19 +43,40 @@ def explicit_baseline(paths: Sequence[str | Path], split: str) -> Baseline:
     )
 
 
+def check_readable(
+    paths: Sequence[str | Path], runs: Sequence[Run], unreadable: Sequence[UnreadableRun]
+) -> None:
+    """An UnreadableRunsError when run folders were found under ``paths`` but none could be read."""
+    if runs or not unreadable:
+        return
+    named = " ".join(map(str, paths))
+    raise UnreadableRunsError(
+        f"{named}: none of its {len(unreadable)} run folder(s) could be read (see the warnings), so there is "
+        "nothing to report; fix or remove the files named there",
+        unreadable,
+    )
+
+
 def make_report(
     paths: Sequence[str | Path], baseline: Sequence[str | Path] = (), split: str = "test"
 ) -> Report:
-    """The report of every run under ``paths``; B from ``baseline`` paths, else from the single-task runs
-    among the inputs (no Δm% when there is neither)."""
-    runs = load_runs(paths)
+    """The report of every readable run under ``paths`` (the others are listed in ``Report.unreadable``);
+    B from ``baseline`` paths, else from the single-task runs among the inputs (no Δm% when there is
+    neither)."""
+    runs, unreadable = read_runs(paths)
+    check_readable(paths, runs, unreadable)
     if baseline:
-        base = explicit_baseline(baseline, split)
+        base_runs, base_unreadable = read_runs(baseline)
+        check_readable(baseline, base_runs, base_unreadable)
+        unreadable += base_unreadable
+        base = explicit_baseline(baseline, base_runs, split)
     else:
         base = baseline_from(
             runs, split, "the single-task runs (`architecture=single_task`) among the inputs"
         )
-    return build_report(runs, split=split, baseline=base, optuna=find_optuna_results(paths))
+    return build_report(
+        runs, split=split, baseline=base, optuna=find_optuna_results(paths), unreadable=unreadable
+    )
 
 
 def default_out_dir(paths: Sequence[str | Path]) -> Path:
@@ -110,13 +133,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def warn_unreadable(unreadable: Sequence[UnreadableRun]) -> None:
+    """One ``warning:`` line on stderr per run folder left out of the report."""
+    for bad in unreadable:
+        print(bad.warning(), file=sys.stderr)
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     try:
         report = make_report(args.paths, args.baseline, args.split)
+        warn_unreadable(report.unreadable)
         out_dir = args.out or default_out_dir(args.paths)
         markdown, written = write_report(report, out_dir, plots=not args.no_plots)
     except MtlrunError as err:
+        warn_unreadable(getattr(err, "unreadable", ()))
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(markdown)

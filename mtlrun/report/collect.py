@@ -5,13 +5,21 @@ depth). From each run the report reads ``summary.json`` (status, error, seed, ta
 val/test metrics), ``config.yaml`` (the resolved config), ``.hydra/hydra.yaml`` (the option chosen in each
 config group) and ``metrics.csv`` (curves, task weights, time per step). Only ``summary.json`` is required:
 a job that failed early may lack the rest.
+
+A run folder whose files cannot be read (binary or garbled metrics.csv, summary.json that is not a JSON
+object, broken YAML) is not an error for the report: :func:`read_runs` returns it as an
+:class:`UnreadableRun` that names the file and the problem, and the report lists it. A metrics.csv whose
+last line was cut off (a run killed while writing it) is read without that line. ``summary.json``'s
+``status`` is ``running``, ``completed``, ``failed`` or ``interrupted`` (stopped by a signal, named by its
+``signal`` key).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,42 @@ import yaml
 from mtlrun.errors import DataError
 
 SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+METRIC_COLUMNS = ("epoch", "step", "split", "task", "metric", "value")  # the header mtlrun writes
 OPTUNA_RESULTS = "optimization_results.yaml"
+# the summary.json keys the report reads, and the JSON types mtlrun writes them as (when not null)
+SUMMARY_TYPES = {
+    "status": str,
+    "seed": int,
+    "data": dict,
+    "tasks": dict,
+    "higher_is_better": dict,
+    "val": dict,
+    "test": dict,
+    "wall_time_s": (int, float),
+    "time_per_step_s": (int, float),
+}
+YAML_KINDS = {dict: "mapping", list: "list"}
+LEFT_OUT = "the run is left out of the report; restore or delete the file, or remove the run's folder"
+
+
+class UnreadableRunsError(DataError):
+    """No run under the inputs could be read; ``unreadable`` says why for each."""
+
+    def __init__(self, message: str, unreadable: Sequence[UnreadableRun]) -> None:
+        super().__init__(message)
+        self.unreadable = list(unreadable)
+
+
+@dataclass(frozen=True)
+class UnreadableRun:
+    """A run folder the report could not read: which file, and what is wrong with it."""
+
+    path: Path
+    problem: str  # "<file>: <what is wrong>"
+
+    def warning(self) -> str:
+        return f"warning: {self.problem}; {LEFT_OUT}"
 
 
 @dataclass
@@ -46,7 +89,13 @@ class Run:
 
     @property
     def error(self) -> str | None:
-        return self.summary.get("error")
+        """The error the run recorded; for a run stopped by a signal, the signal too (``stopped by
+        SIGTERM``)."""
+        error = self.summary.get("error")
+        signal = self.summary.get("signal")
+        if not signal or str(signal) in str(error or ""):
+            return None if error is None else str(error)
+        return f"stopped by {signal}" + (f" ({error})" if error else "")
 
     @property
     def seed(self) -> int | None:
@@ -118,41 +167,101 @@ class Run:
         return float(self.summary.get("wall_time_s", math.nan))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, kind: type = dict) -> Any:
+    """The YAML file's content ({} or [] when the file is missing); a DataError when it is not ``kind``."""
     if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
+        return kind()
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid YAML ({_first_line(err)})") from None
+    if content is None:
+        return kind()
+    if not isinstance(content, kind):
+        raise DataError(f"{path}: holds a {type(content).__name__}, not a YAML {YAML_KINDS[kind]}")
+    return content
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """summary.json as a dict; a DataError names the file and what is wrong with it."""
+    file = path / SUMMARY
+    try:
+        summary = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{file}: not a text file (binary data)") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file}: not valid JSON ({err}; cut off or damaged)") from None
+    except OSError as err:
+        raise DataError(f"{file}: cannot be read ({err.strerror or err})") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{file}: holds a JSON {type(summary).__name__}, not the object mtlrun writes")
+    for key, kinds in SUMMARY_TYPES.items():
+        if summary.get(key) is not None and not isinstance(summary[key], kinds):
+            raise DataError(f"{file}: '{key}' holds a {type(summary[key]).__name__}, not what mtlrun writes")
+    return summary
+
+
+def read_metrics(path: Path) -> pd.DataFrame | None:
+    """metrics.csv (None when there is none, or no line yet). A last line cut off mid-row (a run killed while
+    writing it: no line break at the end) is dropped; a DataError names a file that is not an mtlrun
+    metrics table."""
+    file = path / METRICS
+    if not file.is_file():
+        return None
+    data = file.read_bytes()
+    if b"\0" in data:
+        raise DataError(f"{file}: not a CSV text file (binary data)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{file}: not UTF-8 text (bad byte at position {err.start})") from None
+    if text and not text.endswith(("\n", "\r")):
+        text = text[: max(text.rfind("\n"), 0)]  # the incomplete last row
+    if not text.strip():
+        return None
+    try:
+        metrics = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, ValueError) as err:
+        raise DataError(f"{file}: not a valid CSV table ({_first_line(err)})") from None
+    missing = [column for column in METRIC_COLUMNS if column not in metrics.columns]
+    if missing:
+        raise DataError(
+            f"{file}: not an mtlrun metrics table (no column {', '.join(missing)}; it needs "
+            f"{', '.join(METRIC_COLUMNS)})"
+        )
+    if not pd.api.types.is_numeric_dtype(metrics.value) and len(metrics):
+        values = pd.to_numeric(metrics.value, errors="coerce")
+        bad = values.isna() & metrics.value.notna()
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2
+            raise DataError(
+                f"{file}: line {line} holds the value {metrics.value[bad].iloc[0]!r}, not a number"
+            )
+        metrics = metrics.assign(value=values)
+    return metrics
 
 
 def load_run(path: Path) -> Run:
-    """Load one run folder (it must hold summary.json)."""
-    try:
-        summary = json.loads((path / SUMMARY).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(
-            f"{path / SUMMARY}: cannot be read ({err}); remove the folder from the inputs"
-        ) from err
-    hydra = _read_yaml(path / ".hydra" / "hydra.yaml").get("hydra", {})
+    """Load one run folder (it must hold summary.json); a DataError names a file that cannot be read."""
+    summary = read_summary(path)
+    hydra = _read_yaml(path / ".hydra" / "hydra.yaml").get("hydra") or {}
     choices = {
         group: str(option)
-        for group, option in (hydra.get("runtime", {}).get("choices") or {}).items()
+        for group, option in ((hydra.get("runtime") or {}).get("choices") or {}).items()
         if option is not None and not group.startswith("hydra/")
     }
-    metrics = None
-    if (path / "metrics.csv").is_file():
-        try:
-            metrics = pd.read_csv(path / "metrics.csv")
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
-            metrics = None
-    overrides_path = path / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml", list)
     return Run(
         path=path,
         summary=summary,
         config=_read_yaml(path / "config.yaml"),
         choices=choices,
-        metrics=metrics,
-        overrides=[str(o) for o in overrides or []],
+        metrics=read_metrics(path),
+        overrides=[str(o) for o in overrides],
     )
 
 
@@ -182,7 +291,20 @@ def _natural_key(path: Path) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
 
 
+def read_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[UnreadableRun]]:
+    """(the runs in or under ``paths``, the run folders among them that could not be read)."""
+    runs: list[Run] = []
+    unreadable: list[UnreadableRun] = []
+    for path in find_run_dirs(paths):
+        try:
+            runs.append(load_run(path))
+        except DataError as err:
+            unreadable.append(UnreadableRun(path, str(err)))
+    return runs, unreadable
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """The runs in or under ``paths``; a DataError names the first one that cannot be read."""
     return [load_run(path) for path in find_run_dirs(paths)]
 
 

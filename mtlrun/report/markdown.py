@@ -62,6 +62,11 @@ def failed_table(report: Report) -> str:
     return rows.to_markdown(index=False, disable_numparse=True)
 
 
+def unreadable_list(report: Report) -> list[str]:
+    """One Markdown item per run folder that could not be read: the file and the problem."""
+    return [f"- {bad.problem}" for bad in report.unreadable]
+
+
 def render(report: Report, plots: Sequence[Path] = ()) -> str:
     """The whole summary.md: what was compared and how, the table, the baseline, failures, Optuna, plots."""
     n_configs = len(report.configurations)
@@ -70,7 +75,8 @@ def render(report: Report, plots: Sequence[Path] = ()) -> str:
         "# mtlrun report",
         "",
         f"{report.n_runs} run(s): {n_done} completed in {n_configs} configuration(s), "
-        f"{len(report.failed)} failed or incomplete.",
+        f"{len(report.failed)} failed or incomplete."
+        + (f" {len(report.unreadable)} more could not be read (left out)." if report.unreadable else ""),
         f"Metrics: {report.split} split at the epoch each run selected on validation; mean ± sample std "
         "(ddof=1, 2 significant digits) over seeds (no ± with one seed); n = seeds; ↑/↓ = higher/lower "
         "is better; best in bold. Mean rank: the average over metrics of each configuration's rank "
@@ -98,6 +104,8 @@ def render(report: Report, plots: Sequence[Path] = ()) -> str:
         lines.append("")
     if not report.failed.empty:
         lines += ["## Failed jobs", "", failed_table(report), ""]
+    if report.unreadable:
+        lines += ["## Unreadable runs", "", *unreadable_list(report), ""]
     for path, result in report.optuna:
         lines += ["## Optuna: best trial", "", f"From `{path}`:", ""]
         if "best_params" in result:
@@ -114,11 +122,26 @@ def render(report: Report, plots: Sequence[Path] = ()) -> str:
     return "\n".join(lines)
 
 
+def unreadable_rows(report: Report) -> pd.DataFrame:
+    """The unreadable run folders as rows of summary.csv: status ``unreadable``, the problem as the error."""
+    rows = [
+        {
+            "label": bad.path.name,
+            "status": "unreadable",
+            "seeds": "",
+            "error": bad.problem,
+            "path": str(bad.path),
+        }
+        for bad in report.unreadable
+    ]
+    return pd.DataFrame(rows, columns=report.failed.columns)
+
+
 def to_csv(report: Report) -> pd.DataFrame:
-    """summary.csv: the configuration rows, then one row per failed or incomplete run (status, error)."""
-    if report.failed.empty:
-        return report.table
-    if report.table.empty:
-        return report.failed
-    table = pd.concat([report.table, report.failed], ignore_index=True)
-    return table.astype({"n_seeds": "Int64"})  # blank, not 1.0, in the failed rows
+    """summary.csv: the configuration rows, then one row per failed or incomplete run (status, error), then
+    one per unreadable run folder."""
+    parts = [part for part in (report.table, report.failed, unreadable_rows(report)) if not part.empty]
+    if len(parts) <= 1:
+        return parts[0] if parts else report.table
+    table = pd.concat(parts, ignore_index=True)
+    return table.astype({"n_seeds": "Int64"}) if "n_seeds" in table else table  # blank, not 1.0, elsewhere

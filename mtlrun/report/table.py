@@ -14,8 +14,9 @@ Columns (numeric ones stay numeric, for the CSV):
 - ``wall_time_s_sum``: the wall time of all its seeds together (what the row cost);
 - ``best_in``: the columns in which this row is best (ties all marked), e.g. ``left/accuracy;delta_m``.
 
-Runs that did not complete (failed, interrupted, running) are left out of the rows and listed in
-``Report.failed`` with their overrides, status, error and folder.
+Runs that did not complete (failed, interrupted by a signal, still running or killed) are left out of the
+rows and listed in ``Report.failed`` with their overrides, status, error (or signal) and folder. Run folders
+whose files cannot be read are listed in ``Report.unreadable`` (the file and the problem).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pandas as pd
 
 from mtlrun.errors import MtlrunError
 from mtlrun.report.baseline import Baseline
-from mtlrun.report.collect import Run
+from mtlrun.report.collect import Run, UnreadableRun
 from mtlrun.report.configs import Configuration, group_configurations
 from mtlrun.report.delta import delta_m
 
@@ -52,6 +53,7 @@ class Report:
     n_runs: int
     optuna: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unreadable: list[UnreadableRun] = field(default_factory=list)  # run folders left out: file and problem
 
 
 def sample_std(values: Sequence[float]) -> float:
@@ -98,6 +100,7 @@ def build_report(
     split: str = "test",
     baseline: Baseline | None = None,
     optuna: Sequence[tuple[Path, dict[str, Any]]] = (),
+    unreadable: Sequence[UnreadableRun] = (),
 ) -> Report:
     """Fold ``runs`` into one row per configuration (see the module docstring for every column)."""
     completed = [run for run in runs if run.completed]
@@ -150,6 +153,7 @@ def build_report(
         n_runs=len(runs),
         optuna=list(optuna),
         notes=list(dict.fromkeys(notes)),
+        unreadable=list(unreadable),
     )
 
 

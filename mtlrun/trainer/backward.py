@@ -173,3 +173,16 @@ class BackwardEngine:
 
     def passes_per_step(self) -> float:
         return self.backward_passes / max(self.steps, 1)
+
+    # ------------------------------------------------------------------------------------------ state
+    # The step counter decides when ``update_every`` recomputes the weights and when cosines are sampled, and
+    # the running sums span a whole epoch: all of it goes into the checkpoint, so a resumed run takes the
+    # same steps as an uninterrupted one.
+    _STATE = ("steps", "backward_passes", "_cosine_sum", "_cosine_count", "_penalty_sum", "_penalty_count")
+
+    def state_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in self._STATE:
+            setattr(self, key, state[key])

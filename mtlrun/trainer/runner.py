@@ -3,16 +3,22 @@
     batch -> forward -> per-task losses -> weighting -> backward -> step -> metrics -> tables on disk
 
 Everything a run writes lives in its output folder: config.yaml (resolved), metrics.csv (long format,
-appended each epoch), summary.json (rewritten each epoch; ``status`` says running / completed / failed),
+appended each epoch), summary.json (rewritten each epoch; its statuses: mtlrun/trainer/summary.py),
 checkpoint.pt (the full training state, for resuming) and best_model.pt (the weights of the selected epoch).
+Between two steps the loop looks for a stop signal (mtlrun/signals.py): it then writes a checkpoint, records
+the run as interrupted and stops; ``mtlrun resume=<folder>`` continues it exactly.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
@@ -21,17 +27,23 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mtlrun import schema
+from mtlrun import rundir, schema, signals
 from mtlrun.errors import ConfigError
+from mtlrun.provenance import provenance
 from mtlrun.trainer import checkpoint
+from mtlrun.trainer.checkpoint import BEST_MODEL, CHECKPOINT, Checkpoints
 from mtlrun.trainer.evaluate import evaluate
-from mtlrun.trainer.outputs import MetricsWriter, atomic_write_text, write_json
+from mtlrun.trainer.outputs import MetricsWriter, atomic_write_text, keep_metric_rows, remove_temporary_files
 from mtlrun.trainer.report import results_table
 from mtlrun.trainer.setup import Setup, describe, setup
-from mtlrun.trainer.state import TrainState
+from mtlrun.trainer.state import EpochProgress, TrainState
 from mtlrun.trainer.step import train_step
+from mtlrun.trainer.summary import RunRecord
 
 log = logging.getLogger("mtlrun")
+
+CONFIG_FILE = "config.yaml"
+METRICS = "metrics.csv"
 
 
 def make_progress(enabled: bool) -> Progress | None:
@@ -50,25 +62,178 @@ def make_progress(enabled: bool) -> Progress | None:
     )
 
 
-def train_epoch(
-    s: Setup, trainer: DictConfig, epoch: int, state: TrainState, progress: Progress | None
-) -> dict:
-    """One pass over the training split. Returns the rows for metrics.csv: {task: {"loss": mean loss,
-    "weight": mean weight}}, {"a~b": {"grad_cosine": mean}} for sampled task-gradient cosines, and
-    {"all": {"time_per_step_s": ...}}."""
-    start = time.perf_counter()
-    loss_sums = torch.zeros(len(s.tasks), device=s.device)
-    weight_sums = torch.zeros(len(s.tasks), device=s.device)
-    batches = islice(
-        s.data.batches("train", trainer.batch_size, shuffle=True, generator=s.shuffle), s.steps_per_epoch
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Train and evaluate as ``cfg`` says, writing into ``out_dir``; returns the summary. With ``cfg.resume``,
+    continue that run from its checkpoint, in ``out_dir`` itself when it is the run's own folder."""
+    schema.validate(cfg)
+    rundir.lock(out_dir)  # one process per run folder
+    source = Path(cfg.resume) if cfg.resume else None
+    in_place = source is not None and source.resolve() == out_dir.resolve()
+    record = RunRecord(out_dir, rundir.read_summary(source) or {} if source else {})
+    at: list[TrainState] = []  # the training state, once there is one (for the messages below)
+    writer: MetricsWriter | None = None
+    with signals.watched():
+        try:
+            if not in_place:  # a new folder: its config and status come first, so even a kill now leaves them
+                begin(cfg, out_dir, record)
+            s = setup(cfg)
+            state = resume_state(s, source, out_dir, cfg.trainer.epochs) if source else TrainState()
+            at.append(state)
+            if in_place:  # the run's own folder changes only once the resume is sure to start
+                begin(cfg, out_dir, record, resumed_at=state)
+            elif source:
+                record.fields["resumes"].append(_resume_entry(source, state))
+            s.data.save_preprocessing(
+                out_dir
+            )  # e.g. preprocessing.json of data=tabular, for predicting later
+            record.write(
+                **describe(s),
+                select=cfg.trainer.select.value,
+                higher_is_better=_directions(s),
+                provenance=provenance(s.device),
+            )
+            writer = MetricsWriter(out_dir / METRICS)
+            checkpoints = Checkpoints(
+                out_dir, cfg.trainer.checkpoint, cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_minutes
+            )
+            train(cfg.trainer, s, state, writer, checkpoints, record)
+            return finish(cfg.trainer, s, state, out_dir, record)
+        except (signals.Interrupted, KeyboardInterrupt) as err:
+            stop = (
+                err
+                if isinstance(err, signals.Interrupted)
+                else signals.Interrupted(signal.SIGINT, at_once=True)
+            )
+            record.end("interrupted", signal=signals.name(stop.signum), error=None)
+            log.warning(_interrupted_message(stop, at[0] if at else None, cfg.trainer.checkpoint, out_dir))
+            raise stop from None
+        except BaseException as err:
+            record.end("failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
+            remove_temporary_files(out_dir)
+            rundir.release(out_dir)
+
+
+def begin(cfg: DictConfig, out_dir: Path, record: RunRecord, resumed_at: TrainState | None = None) -> None:
+    """Write the run's config.yaml and its first summary.json (status running)."""
+    atomic_write_text(out_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    record.active = True
+    resumes = list(record.fields.get("resumes") or [])
+    if resumed_at is not None:
+        resumes.append(_resume_entry(out_dir, resumed_at))
+    record.write(
+        status="running",
+        error=None,
+        signal=None,
+        name=cfg.name,
+        seed=cfg.seed,
+        output_dir=str(out_dir),
+        pid=os.getpid(),  # the process training this run (to signal it)
+        resumes=resumes,  # each resume: the folder it continued and from which epoch and step
     )
+
+
+def resume_state(s: Setup, source: Path, out_dir: Path, epochs: int) -> TrainState:
+    """The state of ``source``'s run at its last checkpoint, restored into ``s``; ``out_dir`` keeps the
+    metrics rows the checkpoint covers (and, a new folder, gets the run's best model). A run killed before its
+    first checkpoint starts from the beginning."""
+    remove_temporary_files(source)
+    path = source / CHECKPOINT
+    if out_dir != source and (source / BEST_MODEL).exists():
+        shutil.copyfile(source / BEST_MODEL, out_dir / BEST_MODEL)
+    state = checkpoint.restore(checkpoint.load(path), s, out_dir) if path.exists() else TrainState()
+    if epochs < state.epoch:
+        raise ConfigError(
+            f"trainer.epochs={epochs}: the run being resumed has already trained {state.epoch} epochs; "
+            f"use trainer.epochs >= {state.epoch}"
+        )
+    keep_metric_rows(source / METRICS, out_dir / METRICS, state.epoch)
+    log.info(
+        "resuming %s from epoch %d, step %d%s",
+        source,
+        state.epoch + 1 if state.current.batches else state.epoch,
+        state.step,
+        "" if path.exists() else " (it had no checkpoint yet: starting over with its config)",
+    )
+    return state
+
+
+def train(
+    trainer: DictConfig,
+    s: Setup,
+    state: TrainState,
+    writer: MetricsWriter,
+    checkpoints: Checkpoints,
+    record: RunRecord,
+) -> None:
+    """The loop: train an epoch, evaluate when due (selecting on validation), checkpoint when due."""
+    progress = make_progress(trainer.progress)
+    log.info(
+        "training %s with %s weighting on %s: %d epochs x %d steps",
+        type(s.model).__name__,
+        type(s.weighting).__name__,
+        s.device,
+        trainer.epochs,
+        s.steps_per_epoch,
+    )
+
+    def between_steps() -> None:  # where a signal stops the run, and where time-based checkpoints go
+        if signals.received() or checkpoints.due_mid_epoch():
+            checkpoints.write(s, state, writer)
+        stop_if_signalled()
+
+    s.model.train()
+    for epoch in range(state.epoch + 1, trainer.epochs + 1):
+        train_rows = train_epoch(s, trainer, epoch, state, progress, between_steps)
+        writer.write(epoch, state.step, "train", train_rows)
+        new_best = False
+        if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
+            new_best = evaluate_and_select(s, trainer, epoch, state, writer, train_rows)
+        if checkpoints.due_after_epoch(epoch, trainer.epochs, new_best) or signals.received():
+            checkpoints.write(s, state, writer, new_best)
+        record.write(**_progress_fields(state, s))
+        stop_if_signalled()
+
+
+def train_epoch(
+    s: Setup,
+    trainer: DictConfig,
+    epoch: int,
+    state: TrainState,
+    progress: Progress | None,
+    between_steps: Callable[[], None],
+) -> dict:
+    """One pass over the training split (or the rest of it, resumed from a checkpoint in its middle).
+    Returns the rows for metrics.csv: {task: {"loss": mean loss, "weight": mean weight}}, {"a~b":
+    {"grad_cosine": mean}} for sampled task-gradient cosines, and {"all": {"time_per_step_s": ...}}."""
+    done = state.current
+    if done.shuffle_state is None:  # a new epoch: keep how its batch order is drawn, for a checkpoint in it
+        done.shuffle_state = s.shuffle.get_state()
+        done.loss_sums = torch.zeros(len(s.tasks), device=s.device)
+        done.weight_sums = torch.zeros(len(s.tasks), device=s.device)
+    else:  # resumed in the middle: draw the same order again, skip the batches already trained
+        s.shuffle.set_state(done.shuffle_state)
+        done.loss_sums, done.weight_sums = done.loss_sums.to(s.device), done.weight_sums.to(s.device)
+    order = s.data.batches("train", trainer.batch_size, shuffle=True, generator=s.shuffle)
+    clock = time.perf_counter() - done.time_s
     with progress or nullcontext():
         bar = (
-            progress.add_task("", total=s.steps_per_epoch, epoch=f"{epoch}/{trainer.epochs}", loss=0.0)
+            progress.add_task(
+                "",
+                total=s.steps_per_epoch,
+                completed=done.batches,
+                epoch=f"{epoch}/{trainer.epochs}",
+                loss=0.0,
+            )
             if progress
             else None
         )
-        for batch in batches:
+        for batch in islice(order, done.batches, s.steps_per_epoch):
+            done.time_s = time.perf_counter() - clock
+            between_steps()
             losses, objective = train_step(
                 s.forward,
                 batch,
@@ -81,17 +246,16 @@ def train_epoch(
                 where=(epoch, state.step),
             )
             state.step += 1
-            loss_sums += losses
-            weight_sums += s.weighting.last_weights.to(s.device)
+            done.batches += 1
+            done.loss_sums += losses
+            done.weight_sums += s.weighting.last_weights.to(s.device)
             if bar is not None:
                 progress.update(bar, advance=1, loss=float(objective))
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
-    state.train_time_s += time.perf_counter() - start
-    state.epoch = epoch
-    mean_losses = loss_sums / s.steps_per_epoch
+    mean_losses = done.loss_sums / s.steps_per_epoch
     s.weighting.on_epoch_end(epoch, mean_losses)
-    mean_weights = (weight_sums / s.steps_per_epoch).tolist()
+    mean_weights = (done.weight_sums / s.steps_per_epoch).tolist()
     rows: dict[str, dict[str, float]] = {
         name: {"loss": loss, "weight": w}
         for name, loss, w in zip(s.tasks, mean_losses.tolist(), mean_weights, strict=True)
@@ -99,134 +263,87 @@ def train_epoch(
     rows |= {pair: {"grad_cosine": value} for pair, value in s.engine.pop_cosines().items()}
     if penalty := s.engine.pop_penalty():
         rows["model"] = penalty
-    rows["all"] = {"time_per_step_s": (time.perf_counter() - start) / s.steps_per_epoch}
+    seconds = time.perf_counter() - clock
+    rows["all"] = {"time_per_step_s": seconds / s.steps_per_epoch}
+    state.train_time_s += seconds
+    state.epoch, state.current = epoch, EpochProgress()
     return rows
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
-    """Train and evaluate as ``cfg`` says, writing into ``out_dir``; returns the summary."""
-    started = time.time()
-    summary: dict = {
-        "status": "running",
-        "error": None,
-        "name": cfg.name,
-        "seed": cfg.seed,
-        "output_dir": str(out_dir),
+def evaluate_and_select(
+    s: Setup, trainer: DictConfig, epoch: int, state: TrainState, writer: MetricsWriter, train_rows: dict
+) -> bool:
+    """Evaluate on val and test, select on val only. Returns whether this epoch is the new selection."""
+    val, test = (
+        evaluate(
+            s.model, s.data, split, s.tasks, trainer.eval_batch_size, trainer.limit_eval_batches, s.autocast
+        )
+        for split in ("val", "test")
+    )
+    writer.write(epoch, state.step, "val", val)
+    writer.write(epoch, state.step, "test", test)
+    value = s.monitor.value(val)
+    new_best = trainer.select.value == "last" or s.monitor.improved(value, state.best_value)
+    if new_best:
+        state.best_epoch, state.best_value, state.best_val, state.best_test = epoch, value, val, test
+    log.info(
+        "epoch %d/%d  train loss %s  val %s  %s %.4g%s",
+        epoch,
+        trainer.epochs,
+        _fmt({name: train_rows[name]["loss"] for name in s.tasks}),
+        _fmt({f"{t}/{m}": val[t][m] for t, task in s.tasks.items() for m in task.metrics}),
+        s.monitor.name,
+        value,
+        " *" if new_best else "",
+    )
+    return new_best
+
+
+def finish(trainer: DictConfig, s: Setup, state: TrainState, out_dir: Path, record: RunRecord) -> dict:
+    """Record the run as completed, log the selected epoch's table, draw its curves."""
+    record.write(**_progress_fields(state, s), status="completed")
+    log.info(
+        "results at epoch %s (selected on validation %s):\n%s",
+        state.best_epoch,
+        s.monitor.name,
+        results_table(
+            state.best_val, state.best_test, {t: ["loss", *task.metrics] for t, task in s.tasks.items()}
+        ),
+    )
+    if trainer.plots:
+        _plot_curves(out_dir)
+    log.info("outputs in %s", out_dir)
+    return record.fields
+
+
+def stop_if_signalled() -> None:
+    if (signum := signals.received()) is not None:
+        raise signals.Interrupted(signum)
+
+
+def _interrupted_message(
+    stop: signals.Interrupted, state: TrainState | None, checkpointed: bool, out_dir: Path
+) -> str:
+    where = "before training started" if state is None else f"at epoch {state.epoch + 1}, step {state.step}"
+    if not checkpointed:
+        saved = "trainer.checkpoint=false, so resume starts it over"
+    elif stop.at_once:
+        saved = "stopped at once: resume continues from the last checkpoint"
+    else:
+        saved = "checkpoint written"
+    return f"interrupted by {signals.name(stop.signum)} {where} ({saved}); continue with: mtlrun resume={out_dir}"
+
+
+def _resume_entry(source: Path, state: TrainState) -> dict:
+    return {
+        "from": str(source),
+        "epoch": state.epoch,
+        "step": state.step,
+        "time": datetime.now().isoformat(timespec="seconds"),
     }
-    summary_path = out_dir / "summary.json"
-    writer: MetricsWriter | None = None
-    try:
-        if (out_dir / "metrics.csv").exists():
-            raise ConfigError(
-                f"output folder {out_dir} already holds a run (metrics.csv); set hydra.run.dir to a new folder"
-            )
-        schema.validate(cfg)
-        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_json(summary_path, summary)
-
-        s = setup(cfg)
-        s.data.save_preprocessing(out_dir)  # e.g. preprocessing.json of data=tabular, for predicting later
-        trainer = cfg.trainer
-        state = TrainState()
-        if cfg.resume:
-            state = checkpoint.resume(
-                Path(cfg.resume),
-                out_dir,
-                s.model,
-                s.weighting,
-                s.optimizer,
-                s.scheduler,
-                s.shuffle,
-                TrainState,
-            )
-        summary |= describe(s) | {"select": trainer.select.value, "higher_is_better": _directions(s)}
-        writer = MetricsWriter(out_dir / "metrics.csv")
-        progress = make_progress(trainer.progress)
-        log.info(
-            "training %s with %s weighting on %s: %d epochs x %d steps",
-            type(s.model).__name__,
-            type(s.weighting).__name__,
-            s.device,
-            trainer.epochs,
-            s.steps_per_epoch,
-        )
-
-        s.model.train()
-        for epoch in range(state.epoch + 1, trainer.epochs + 1):
-            train_rows = train_epoch(s, trainer, epoch, state, progress)
-            writer.write(epoch, state.step, "train", train_rows)
-            if epoch % trainer.eval_every and epoch != trainer.epochs:
-                continue
-
-            # evaluate on val and test; select on val only; save the state and the summary so far
-            val, test = (
-                evaluate(
-                    s.model,
-                    s.data,
-                    split,
-                    s.tasks,
-                    trainer.eval_batch_size,
-                    trainer.limit_eval_batches,
-                    s.autocast,
-                )
-                for split in ("val", "test")
-            )
-            writer.write(epoch, state.step, "val", val)
-            writer.write(epoch, state.step, "test", test)
-            value = s.monitor.value(val)
-            if trainer.select.value == "last" or s.monitor.improved(value, state.best_value):
-                state.best_epoch, state.best_value, state.best_val, state.best_test = epoch, value, val, test
-                if trainer.checkpoint:
-                    checkpoint.save_model(out_dir / "best_model.pt", s.model)
-            log.info(
-                "epoch %d/%d  train loss %s  val %s  %s %.4g%s",
-                epoch,
-                trainer.epochs,
-                _fmt({name: train_rows[name]["loss"] for name in s.tasks}),
-                _fmt({f"{t}/{m}": val[t][m] for t, task in s.tasks.items() for m in task.metrics}),
-                s.monitor.name,
-                value,
-                " *" if state.best_epoch == epoch else "",
-            )
-            if trainer.checkpoint:
-                checkpoint.save(
-                    out_dir / "checkpoint.pt",
-                    s.model,
-                    s.weighting,
-                    s.optimizer,
-                    s.scheduler,
-                    s.shuffle,
-                    state,
-                )
-            summary |= _progress_fields(state, started, s)
-            write_json(summary_path, summary)
-
-        summary |= _progress_fields(state, started, s) | {"status": "completed"}
-        write_json(summary_path, summary)
-        log.info(
-            "results at epoch %s (selected on validation %s):\n%s",
-            state.best_epoch,
-            s.monitor.name,
-            results_table(
-                state.best_val, state.best_test, {t: ["loss", *task.metrics] for t, task in s.tasks.items()}
-            ),
-        )
-        if trainer.plots:
-            _plot_curves(out_dir)
-        log.info("outputs in %s", out_dir)
-        return summary
-    except BaseException as err:
-        summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        summary["error"] = f"{type(err).__name__}: {err}"
-        summary["wall_time_s"] = time.time() - started
-        write_json(summary_path, summary)
-        raise
-    finally:
-        if writer is not None:
-            writer.close()
 
 
-def _progress_fields(state: TrainState, started: float, s: Setup) -> dict:
+def _progress_fields(state: TrainState, s: Setup) -> dict:
     return {
         "epochs_completed": state.epoch,
         "steps": state.step,
@@ -234,7 +351,6 @@ def _progress_fields(state: TrainState, started: float, s: Setup) -> dict:
         "monitor_value": state.best_value,
         "val": state.best_val,
         "test": state.best_test,
-        "wall_time_s": time.time() - started,
         "train_time_s": state.train_time_s,
         "time_per_step_s": state.train_time_s / max(state.step, 1),
         "backward_passes_per_step": s.engine.passes_per_step(),

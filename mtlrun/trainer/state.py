@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
@@ -44,16 +47,33 @@ class Monitor:
 
 
 @dataclass
+class EpochProgress:
+    """Where the current epoch stands: what a checkpoint written between two steps needs to finish the epoch
+    exactly as an uninterrupted run would."""
+
+    batches: int = 0  # training batches done in this epoch
+    shuffle_state: Tensor | None = None  # the batch-order generator's state when the epoch began
+    loss_sums: Tensor | None = None  # [T] task losses summed over those batches
+    weight_sums: Tensor | None = None  # [T] task weights summed over those batches
+    time_s: float = 0.0  # training time spent in this epoch
+
+
+@dataclass
 class TrainState:
     """What changes during training (besides module and optimizer state), saved in the checkpoint."""
 
-    epoch: int = 0
-    step: int = 0
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimisation steps taken
     train_time_s: float = 0.0
     best_epoch: int | None = None
     best_value: float | None = None
     best_val: dict = field(default_factory=dict)
     best_test: dict = field(default_factory=dict)
+    current: EpochProgress = field(default_factory=EpochProgress)  # the epoch under way
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-# ------------------------------------------------------------------------------------------ the loop
+    @classmethod
+    def from_dict(cls, values: Mapping) -> TrainState:
+        return cls(**{**values, "current": EpochProgress(**values["current"])})

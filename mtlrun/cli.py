@@ -72,10 +72,13 @@ def describe_error(err: Exception) -> str:
 
     if isinstance(err, MtlrunError):
         return f"error: {err}"
-    if isinstance(err, OSError):
-        where = f" {err.filename}" if err.filename else ""
-        return f"error: could not read or write{where} ({err.strerror or err}); check the disk space and permissions"
-    return "failed:\n" + traceback.format_exc()
+    return f"error: {disk_error(err)}" if isinstance(err, OSError) else "failed:\n" + traceback.format_exc()
+
+
+def disk_error(err: OSError) -> str:
+    """A failed read or write (a full disk, a file too large, a read-only or vanished folder) in one line."""
+    where = f" {err.filename}" if err.filename else ""
+    return f"could not read or write{where} ({err.strerror or err}); check the disk space and permissions"
 
 
 def record_failure(out_dir: Path, err: Exception) -> None:
@@ -156,13 +159,14 @@ def main() -> None:
     schema.register()
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors reach main(), which words them below
+    logging.raiseExceptions = False  # a log file the disk refuses: no traceback per line (the error says it)
     try:
         app()
     except signals.Interrupted as stop:  # a second signal outside a run (composing, waiting for jobs)
         print(f"interrupted by {signals.name(stop.signum)}", file=sys.stderr)
         sys.exit(stop.exit_code)
-    except Exception as err:
-        message = compose_error(err)
+    except Exception as err:  # raised by Hydra itself, outside a run (a run words its own errors)
+        message = compose_error(err) or (disk_error(err) if isinstance(err, OSError) else None)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

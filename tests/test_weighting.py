@@ -3,9 +3,11 @@ uncertainty weighting on Kendall's toy, and the gradient-based path of the backw
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from conftest import build_objects, compose_cfg, first_batch, options, small_cfg
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from mtlrun.errors import ConfigError
@@ -281,3 +283,31 @@ def test_cosine_of_task_gradients_is_sampled_for_gradient_methods():
     loss_based = BackwardEngine(built.model, Equal(built.tasks), cosine_every=1)
     grads_after_backward(built, loss_based.weighting, batch, loss_based)
     assert loss_based.pop_cosines() == {} and loss_based.backward_passes == 1  # off for loss-based methods
+
+
+def shared_gradient_methods() -> list[str]:
+    """The weighting options that act on shared parameters' gradients (``needs_shared_parameters``)."""
+    return [
+        option
+        for option in options("weighting")
+        if get_class(compose_cfg([f"weighting={option}"]).weighting._target_).needs_shared_parameters
+    ]
+
+
+@pytest.mark.parametrize("weighting", shared_gradient_methods())
+def test_a_design_that_shares_nothing_warns_and_trains_as_equal_weighting(weighting, tmp_path):
+    """Every method that balances shared gradients says so at start-up on single_task and soft_sharing
+    (nothing shared to balance), and then trains each task on its own loss, exactly as equal weighting."""
+    for architecture in ("single_task", "soft_sharing"):
+        base = ["debug=smoke", "data=kendall_toy", f"architecture={architecture}"]
+        (tmp_path / architecture).mkdir()
+        (tmp_path / f"{architecture}-equal").mkdir()
+        summary = run(compose_cfg([*base, f"weighting={weighting}"]), tmp_path / architecture)
+        run(compose_cfg([*base, "weighting=equal"]), tmp_path / f"{architecture}-equal")
+        (warning,) = summary["warnings"]
+        assert "shares none" in warning and "as with weighting=equal" in warning
+        tables = [
+            pd.read_csv(tmp_path / name / "metrics.csv") for name in (architecture, f"{architecture}-equal")
+        ]
+        tables = [t[t.metric != "time_per_step_s"].reset_index(drop=True) for t in tables]
+        pd.testing.assert_frame_equal(*tables)

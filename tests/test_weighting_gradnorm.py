@@ -11,7 +11,6 @@ import torch.nn as nn
 from conftest import build_objects, first_batch, small_cfg
 from gradient_families import fake_tasks
 
-from mtlrun.errors import ConfigError
 from mtlrun.trainer.step import task_losses
 from mtlrun.weighting.gradnorm import GradNorm
 
@@ -118,11 +117,14 @@ def test_on_a_real_model_the_task_above_its_target_loses_weight() -> None:
     assert gradnorm.last_weights.sum().item() == pytest.approx(2.0)
 
 
-def test_architecture_without_shared_layer_is_refused() -> None:
+def test_architecture_without_shared_layer_keeps_the_weights_equal() -> None:
+    """Nothing shared, nothing to balance (the run warns: tests/test_weighting.py): the weights stay 1."""
     cfg = small_cfg(["data=kendall_toy", "weighting=gradnorm", "architecture=single_task"])
     built = build_objects(cfg)
-    with pytest.raises(ConfigError, match="weighting=gradnorm.*SingleTask shares no parameters"):
-        built.weighting.attach(built.model)
+    built.weighting.attach(built.model)
+    losses = torch.tensor([3.0, 1.0], requires_grad=True)
+    assert built.weighting.combine(losses).item() == pytest.approx(4.0)
+    assert built.weighting.weights.grad is None
 
 
 def test_without_a_model_the_weights_are_applied_but_not_learned() -> None:

@@ -113,6 +113,23 @@ def setup_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_ste
     return build(cfg.optim.scheduler, "optim.scheduler", optimizer=optimizer, total_steps=total_steps)
 
 
+def setup_weighting(
+    cfg: DictConfig, tasks: Mapping[str, Task], model: MTLModel, device: torch.device
+) -> tuple[Weighting, list[str]]:
+    """The weighting method, attached to the model; and the warnings about the pair (in summary.json)."""
+    weighting: Weighting = build(cfg.weighting, "weighting", tasks=tasks).to(device)
+    weighting.attach(model)
+    warnings = []
+    if weighting.needs_shared_parameters and not model.shared_parameters():
+        warnings.append(
+            f"{type(weighting).__name__} weighting balances the gradients of shared parameters, but "
+            f"{type(model).__name__} shares none: every task trains on its own loss, as with weighting=equal"
+        )
+    for warning in warnings:
+        log.warning("warning: %s", warning)
+    return weighting, warnings
+
+
 @dataclass
 class Setup:
     """Everything the loop works with, built by :func:`setup` from the config."""
@@ -131,6 +148,7 @@ class Setup:
     shuffle: torch.Generator  # draws the order of training batches
     autocast: torch.autocast | None
     forward: Callable  # the model, or its torch.compile'd version
+    warnings: list[str]  # what the run should know about its settings (logged, and kept in summary.json)
 
 
 def setup(cfg: DictConfig) -> Setup:
@@ -140,8 +158,7 @@ def setup(cfg: DictConfig) -> Setup:
     tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
     data = setup_data(cfg, tasks, device)
     model = setup_model(cfg, tasks, data, device)
-    weighting: Weighting = build(cfg.weighting, "weighting", tasks=tasks).to(device)
-    weighting.attach(model)
+    weighting, warnings = setup_weighting(cfg, tasks, model, device)
     engine = BackwardEngine(model, weighting, trainer.grad_cosine_every, trainer.grad_cosine_for_loss_based)
     groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
     optimizer = setup_optimizer(cfg, groups)
@@ -165,6 +182,7 @@ def setup(cfg: DictConfig) -> Setup:
         if trainer.precision.value == "bf16"
         else None,
         forward=torch.compile(model) if trainer.compile else model,
+        warnings=warnings,
     )
 
 
@@ -198,4 +216,5 @@ def describe(s: Setup) -> dict:
             for g, pg in zip(s.groups, s.optimizer.param_groups, strict=True)
         ],
         "monitor": {"name": s.monitor.name, "higher_is_better": s.monitor.higher_is_better},
+        "warnings": s.warnings,
     }

@@ -31,6 +31,10 @@ GRAD_SOURCES = ("shared_params", "representation")
 
 class Weighting(nn.Module):
     needs_task_grads: ClassVar[bool] = False
+    # The method acts on the gradients of shared parameters. On a design that shares none (single_task,
+    # soft_sharing) it has nothing to balance: the run warns at start-up and every task trains on its own
+    # loss, as with weighting=equal.
+    needs_shared_parameters: ClassVar[bool] = False
     # The output depends on a random draw (task order, dropped signs, sampled weights): property tests that
     # compare two calls (permutation of tasks) skip such methods.
     randomized: ClassVar[bool] = False
@@ -69,6 +73,7 @@ class GradientWeighting(Weighting):
     """
 
     needs_task_grads: ClassVar[bool] = True
+    needs_shared_parameters: ClassVar[bool] = True
     direction_is_weighted_sum: ClassVar[bool] = False
 
     def __init__(

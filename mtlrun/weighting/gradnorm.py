@@ -37,6 +37,7 @@ MIN_WEIGHT = 1e-4  # weights are clamped here before renormalising, so none reac
 
 
 class GradNorm(Weighting):
+    needs_shared_parameters = True  # the gradient norms are taken on the last shared layer
     def __init__(self, tasks: Mapping[str, Task], alpha: float = 1.5) -> None:
         super().__init__(tasks)
         if alpha < 0:
@@ -48,14 +49,8 @@ class GradNorm(Weighting):
         self.shared_layer: list[nn.Parameter] = []  # a plain list: not registered, not in state_dict
 
     def attach(self, model: nn.Module) -> None:
+        """Keep the last shared layer; a design that shares none leaves the weights at 1 (equal)."""
         self.shared_layer = list(model.last_shared_parameters())
-        if not self.shared_layer:
-            raise ConfigError(
-                f"weighting=gradnorm balances gradient norms on the last shared layer, but "
-                f"{type(model).__name__} shares no parameters (architecture=single_task?); "
-                "use an architecture with a shared trunk (e.g. architecture=hard_sharing) "
-                "or another weighting"
-            )
 
     def combine(self, losses: Tensor) -> Tensor:
         with torch.no_grad():

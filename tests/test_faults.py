@@ -1,14 +1,17 @@
 """Faults through the real `mtlrun` command: a run killed (SIGTERM, SIGKILL) during start-up, mid-epoch or
 while it writes a checkpoint leaves tables that parse and the right status, and `mtlrun resume=<folder>`
 finishes it with the table an uninterrupted run writes. Resume continues the run its folder describes; a
-rejected command leaves every folder as it was; runs started at the same moment get folders of their own.
+rejected command leaves every folder as it was; runs started at the same moment get folders of their own; a
+disk that refuses a write ends the run with one line, its status recorded where the disk allows.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -262,3 +265,76 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path: Path) -> None:
         assert read_summary(folder)["output_dir"] == str(folder)
         pd.testing.assert_frame_equal(table, tables[0])
     assert len({read_summary(f)["pid"] for f in folders}) == 3
+
+
+def limited_to(size: int) -> Callable[[], None]:
+    """Run the child with files capped at ``size`` bytes: a write past it fails with EFBIG, as on a full disk
+    (Python ignores SIGXFSZ, so the write raises instead of killing the process)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+def test_a_write_the_disk_refuses_fails_the_run_with_one_line_and_its_status(tmp_path: Path) -> None:
+    """checkpoint.pt (1.5 MB) cannot be written, the tables can: the run says so in one line naming the
+    file, records status failed with the error, and leaves no temporary file."""
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "mtlrun", "debug=smoke", f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=240,
+        preexec_fn=limited_to(400_000),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{run / 'checkpoint.pt'} (File too large)" in errors[0], output
+    state = read_summary(run)
+    assert state["status"] == "failed" and "File too large" in state["error"]
+    pd.read_csv(run / "metrics.csv")  # the rows written before the failure stay readable
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_when_even_hydras_files_cannot_be_written_the_error_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mtlrun", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=240,
+        preexec_fn=limited_to(2_000),
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1 and output.splitlines() == [
+        "error: could not read or write (File too large); check the disk space and permissions"
+    ], output
+
+
+def test_a_status_the_disk_refuses_is_said_in_one_line_after_the_original_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint write fails (disk full), then so does the write of status "failed": the run raises
+    the original error (which the CLI prints), and one line says the status could not be recorded."""
+    from conftest import compose_cfg
+
+    from mtlrun.trainer import runner, summary
+
+    def disk_full(path: Path, *args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    real_write = summary.write_json
+    monkeypatch.setattr(runner.checkpoint, "save", disk_full)
+    monkeypatch.setattr(
+        summary,
+        "write_json",
+        lambda path, payload: disk_full(path) if payload["status"] == "failed" else real_write(path, payload),
+    )
+    with pytest.raises(OSError) as err:
+        runner.run(compose_cfg(["debug=smoke"]), tmp_path)
+    assert err.value.filename.endswith("checkpoint.pt")
+    refused = [r.getMessage() for r in caplog.records if "could not record" in r.getMessage()]
+    assert refused == [
+        f"could not record status 'failed' in {tmp_path / 'summary.json'} (No space left on device)"
+    ]
+    assert read_summary(tmp_path)["status"] == "running"  # the last status the disk took
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ KEYS = {
     "run": ("PATH", "the run folder (outputs/runs/<date>/<time>, or one job's folder of a sweep); required"),
     "data.path": (
         "FILE",
-        "the file to predict on (.csv or .parquet) with the run's feature columns; required",
+        "the file to predict on (.csv or .parquet) with the run's feature columns, or a shipped example "
+        "('${mtlrun.example:feed/feed_new.csv}'); required",
     ),
     "out": (
         "FILE",
@@ -97,6 +99,15 @@ def parse_list(text: str) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
+def resolved(text: str) -> str:
+    """``${mtlrun.example:<file>}`` (as in a config; quote it in the shell) is a shipped example file's
+    path, e.g. ``data.path='${mtlrun.example:feed/feed_new.csv}'``; any other text is a path as it is."""
+    from mtlrun import examples
+
+    match = re.fullmatch(r"\$\{mtlrun\.example:(.+)\}", text.strip())
+    return examples.path(match.group(1)) if match else text
+
+
 def parse_args(argv: Sequence[str]) -> Options:
     """``key=value`` arguments -> Options; a ConfigError names an unknown or repeated key, a missing
     required one, or a bad value."""
@@ -120,7 +131,7 @@ def parse_args(argv: Sequence[str]) -> Options:
             raise ConfigError(
                 f"{key}: required; usage: mtlrun predict run=PATH data.path=FILE (mtlrun predict --help)"
             )
-    options = Options(run=Path(values["run"]).expanduser(), path=values["data.path"])
+    options = Options(run=Path(values["run"]).expanduser(), path=resolved(values["data.path"]))
     if values.get("out"):
         options.out = Path(values["out"]).expanduser()
         writer_for(options.out)  # a bad extension fails before any work

@@ -139,8 +139,14 @@ def task_key_overrides(overrides: List[str]) -> List[str]:
 
 
 def register() -> None:
-    """Register the schema under the name ``mtlrun_schema`` (used by ``conf/config.yaml``)."""
+    """Register the schema under the name ``mtlrun_schema`` (used by ``conf/config.yaml``), and the resolver
+    ``${mtlrun.example:<file>}`` that names a shipped example file (mtlrun/examples/)."""
+    from omegaconf import OmegaConf
+
+    from mtlrun import examples
+
     ConfigStore.instance().store(name="mtlrun_schema", node=MtlrunConfig)
+    OmegaConf.register_new_resolver("mtlrun.example", examples.path, replace=True)
 
 
 def validate(cfg: Any) -> None:

@@ -1,6 +1,6 @@
 """Write the example table of ``data=tabular``: a small recommender feed with four tasks of three kinds.
 
-    python scripts/make_tabular_example.py            # writes examples/feed/feed.csv and feed_new.csv
+    python scripts/make_tabular_example.py            # writes mtlrun/examples/feed/feed.csv and feed_new.csv
 
 Each row is one impression of an item in a user's feed. Features: the user's age (some missing), tenure
 and interest segment, the item's price (some missing), quality score and category, the feed position, the
@@ -114,7 +114,7 @@ def targets(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("examples/feed"), help="folder to write into")
+    parser.add_argument("--out", type=Path, default=Path("mtlrun/examples/feed"), help="folder to write into")
     parser.add_argument("--rows", type=int, default=6000, help="impressions in feed.csv")
     parser.add_argument("--new-rows", type=int, default=500, help="impressions in feed_new.csv (no targets)")
     parser.add_argument("--seed", type=int, default=0, help="draws every feature and target")

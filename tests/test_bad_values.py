@@ -26,7 +26,7 @@ class Case:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-FEED = ROOT / "examples" / "feed" / "feed.csv"  # the table experiment=tabular_example reads
+FEED = ROOT / "mtlrun" / "examples" / "feed" / "feed.csv"  # the table experiment=tabular_example reads
 
 
 def feed_lines(n: int) -> list[str]:

@@ -272,3 +272,19 @@ def test_every_architecture_runs_through_the_cli_on_images_and_vectors(tmp_path:
     assert len(summaries) == 2 * len(options)
     assert all(s["status"] == "completed" for s in summaries), [s.get("error") for s in summaries]
     assert {s["data"]["name"] for s in summaries} == {"multidigits", "mmoe_synthetic"}
+
+
+def test_the_tabular_example_and_its_predictions_run_from_any_folder(tmp_path: Path) -> None:
+    """The example table ships inside the package (``${mtlrun.example:...}``): the documented commands
+    need no file in the folder they start from."""
+    trained = mtlrun("experiment=tabular_example", *SMOKE, "hydra.run.dir=feed", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    predicted = mtlrun(
+        "predict",
+        "run=feed",
+        "data.path=${mtlrun.example:feed/feed_new.csv}",
+        "keep=[impression_id]",
+        cwd=tmp_path,
+    )
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    assert len(pd.read_csv(tmp_path / "feed" / "predictions" / "feed_new.csv")) == 500

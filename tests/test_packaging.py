@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,12 +46,34 @@ def test_wheel_runs_from_another_directory(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}  # the wheel's copy shadows the editable install
-    code = "import mtlrun.cli, sys; print(mtlrun.cli.config_dir()); sys.argv = ['mtlrun', 'debug=smoke']; mtlrun.cli.main()"
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300
+    assert (site / "mtlrun" / "examples" / "feed" / "feed.csv").is_file()
+
+    def mtlrun(*args: str) -> subprocess.CompletedProcess:
+        code = f"import mtlrun.cli, sys; sys.argv = ['mtlrun', *{list(args)!r}]; mtlrun.cli.main()"
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300
+        )
+
+    where = subprocess.run(
+        [sys.executable, "-c", "import mtlrun.cli; print(mtlrun.cli.config_dir())"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
     )
+    assert where.stdout.strip() == str(site / "mtlrun" / "conf")
+    run = mtlrun("debug=smoke")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.splitlines()[0] == str(site / "mtlrun" / "conf")
     summaries = list((elsewhere / "outputs" / "runs").glob("*/*/summary.json"))
     assert len(summaries) == 1
     assert json.loads(summaries[0].read_text())["status"] == "completed"
+    # every documented command works from another folder: the tabular example and its predictions
+    table = mtlrun("experiment=tabular_example", "debug=smoke", "hydra.run.dir=feed")
+    assert table.returncode == 0, table.stdout + table.stderr
+    trained_on = OmegaConf.load(elsewhere / "feed" / "config.yaml").data.path
+    assert trained_on == str(site / "mtlrun" / "examples" / "feed" / "feed.csv")
+    predict = mtlrun(
+        "predict", "run=feed", "data.path=${mtlrun.example:feed/feed_new.csv}", "keep=[impression_id]"
+    )
+    assert predict.returncode == 0, predict.stdout + predict.stderr
+    assert (elsewhere / "feed" / "predictions" / "feed_new.csv").read_text().count("\n") == 501

@@ -26,8 +26,8 @@ from mtlrun.tasks import Task
 from mtlrun.trainer.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
-FEED = ROOT / "examples" / "feed" / "feed.csv"
-NEW = ROOT / "examples" / "feed" / "feed_new.csv"
+FEED = ROOT / "mtlrun" / "examples" / "feed" / "feed.csv"
+NEW = ROOT / "mtlrun" / "examples" / "feed" / "feed_new.csv"
 CLASSES = ["hide", "like", "none", "share"]  # the reaction labels, sorted (preprocessing.json)
 COLUMNS = ["impression_id", "click", "purchase", "dwell_seconds", "reaction"] + [
     f"reaction_p_{label}" for label in CLASSES

@@ -297,8 +297,8 @@ def test_the_committed_example_is_what_the_script_writes(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["make_tabular_example.py", "--out", str(tmp_path)])
     script.main()
     for name in ("feed.csv", "feed_new.csv"):
-        assert (tmp_path / name).read_bytes() == (ROOT / "examples" / "feed" / name).read_bytes(), name
-    assert (ROOT / "examples" / "feed" / "feed.csv").stat().st_size < 1_000_000
+        assert (tmp_path / name).read_bytes() == (ROOT / "mtlrun" / "examples" / "feed" / name).read_bytes(), name
+    assert (ROOT / "mtlrun" / "examples" / "feed" / "feed.csv").stat().st_size < 1_000_000
 
 
 def test_from_frames_builds_a_table_whose_columns_a_loader_knows():

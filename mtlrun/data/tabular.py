@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mtlrun import examples
 from mtlrun.data.base import SPLITS, NewInput, Split, TensorData
 from mtlrun.data.preprocess import TablePreprocessor, check_columns, row_label, shown
 from mtlrun.data.table_io import read_table
 from mtlrun.errors import ConfigError, DataError
 
-EXAMPLE = "examples/feed/feed.csv"  # written by scripts/make_tabular_example.py
+EXAMPLE = examples.path("feed/feed.csv")  # shipped in the package, written by scripts/make_tabular_example.py
 PREPROCESSING_FILE = "preprocessing.json"
 
 

@@ -38,6 +38,7 @@ MIN_WEIGHT = 1e-4  # weights are clamped here before renormalising, so none reac
 
 class GradNorm(Weighting):
     needs_shared_parameters = True  # the gradient norms are taken on the last shared layer
+
     def __init__(self, tasks: Mapping[str, Task], alpha: float = 1.5) -> None:
         super().__init__(tasks)
         if alpha < 0:

@@ -9,7 +9,6 @@ writes the sweep's comparison report (summary.csv, summary.md, plots) into the s
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import traceback
@@ -30,8 +29,13 @@ FAILED_JOBS: list[str] = []
 
 
 def job_statuses(sweep_dir: Path) -> dict[str, dict]:
-    """{job folder: summary} for every job folder under ``sweep_dir`` that has a summary.json."""
-    return {str(p.parent): json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/summary.json"))}
+    """{job folder: summary} for every job folder under ``sweep_dir`` that has a summary.json (one that cannot
+    be read counts as a failed job that says so)."""
+    return {
+        str(p.parent): rundir.read_summary(p.parent)
+        or {"status": "unreadable", "error": f"{p} cannot be read: it is not the JSON mtlrun writes"}
+        for p in sorted(sweep_dir.glob("*/summary.json"))
+    }
 
 
 def write_sweep_report(sweep_dir: Path, plots: bool = True) -> None:

@@ -35,7 +35,11 @@ def feed_lines(n: int) -> list[str]:
 
 
 def write_bytes(name: str, content: bytes) -> Callable[[Path], None]:
-    return lambda tmp: (tmp / name).write_bytes(content)
+    def write(tmp: Path) -> None:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(content)
+
+    return write
 
 
 def write_duplicated_csv(tmp: Path) -> None:
@@ -234,7 +238,52 @@ CASES: dict[str, Case] = {
         ("tasks.a/b", "contains '/'", *RESERVED),
         files=task_named("a/b"),
     ),
+    # ------------------------------------------------------------------ files and folders of runs
+    "config dir with a yaml syntax error": Case(
+        ("--config-dir", "{tmp}/conf", "experiment=broken"),
+        ("broken.yaml", "not valid YAML", "line 3, column 1", "fix the file"),
+        files=write_bytes("conf/experiment/broken.yaml", b"# @package _global_\ntrainer: {epochs: [1,\n"),
+    ),
+    "output folder that cannot be written": Case(
+        ("debug=smoke", "hydra.run.dir={tmp}/a_file/run"),
+        ("hydra.run.dir", "cannot write into", "a_file/run", "Not a directory", "choose a folder"),
+        files=write_bytes("a_file", b"not a folder\n"),
+        training=False,
+    ),
+    "resume of a folder that does not exist": Case(
+        ("resume={tmp}/nowhere",), ("resume=", "nowhere: no such run folder"), training=False
+    ),
+    "resume of a folder that is not a run": Case(
+        ("resume={tmp}",), ("resume=", "has no config.yaml", "pass the folder of a run"), training=False
+    ),
+    "resume with a corrupted checkpoint": Case(
+        ("resume={tmp}/run",),
+        ("checkpoint.pt is damaged", "Start the run again"),
+        files=lambda tmp: interrupted_run(tmp / "run", checkpoint=b"PK\x03\x04 cut short"),
+        training=False,
+    ),
+    "resume with a corrupted config": Case(
+        ("resume={tmp}/run",),
+        ("config.yaml is not a readable config", "start the run again"),
+        files=lambda tmp: interrupted_run(tmp / "run", config="trainer: {epochs: [1,\n"),
+        training=False,
+    ),
 }
+
+
+def interrupted_run(folder: Path, config: str | None = None, checkpoint: bytes | None = None) -> None:
+    """A run folder as a SIGTERM leaves it (its config, status interrupted), with ``config`` or ``checkpoint``
+    as the bytes of a damaged file."""
+    from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        config or OmegaConf.to_yaml(compose_cfg(["debug=smoke"]), resolve=True)
+    )
+    (folder / "summary.json").write_text('{"status": "interrupted", "signal": "SIGTERM"}\n')
+    if checkpoint is not None:
+        (folder / "checkpoint.pt").write_bytes(checkpoint)
 
 
 def mtlrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:

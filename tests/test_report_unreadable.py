@@ -5,7 +5,9 @@ with their signal. The fake runs are those of test_report.py (task a: accuracy, 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 from pathlib import Path
 
@@ -140,21 +142,28 @@ def test_interrupted_and_running_runs_are_listed_with_their_status(tmp_path: Pat
     stopped = {
         "1": {"status": "interrupted", "signal": "SIGTERM", "error": None},
         "2": {"status": "interrupted", "signal": "SIGINT", "error": "Interrupted: stopped by SIGINT"},
-        "3": {"status": "running", "error": None},
+        "3": {"status": "running", "error": None},  # a process holds its lock: still training
+        "4": {"status": "running", "error": None},  # no process holds it: killed (kill -9 leaves "running")
     }
     for job, fields in stopped.items():
         run = write_run(tmp_path / job, "hard_sharing", "equal", int(job), 0.8, 2.0)
         summary = json.loads((run / "summary.json").read_text()) | fields
         (run / "summary.json").write_text(json.dumps(summary))
-    runs, unreadable = read_runs([tmp_path])
-    assert len(runs) == 4 and unreadable == []
-    report = make_report([tmp_path])
+    lock = os.open(tmp_path / "3" / ".mtlrun.lock", os.O_CREAT | os.O_WRONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        runs, unreadable = read_runs([tmp_path])
+        assert len(runs) == 5 and unreadable == []
+        report = make_report([tmp_path])
+    finally:
+        os.close(lock)
     failed = report.failed.set_index("seeds")
-    assert failed.status.to_dict() == {"1": "interrupted", "2": "interrupted", "3": "running"}
+    assert failed.status.to_dict() == {"1": "interrupted", "2": "interrupted", "3": "running", "4": "killed"}
     assert failed.error.to_dict() == {
         "1": "stopped by SIGTERM",
         "2": "Interrupted: stopped by SIGINT",
         "3": "",
+        "4": "",
     }
     assert report.table.n_seeds.tolist() == [1]
     assert re.search(r"\| interrupted +\| 1 +\| stopped by SIGTERM +\|", render(report))

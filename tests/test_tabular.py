@@ -297,7 +297,9 @@ def test_the_committed_example_is_what_the_script_writes(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["make_tabular_example.py", "--out", str(tmp_path)])
     script.main()
     for name in ("feed.csv", "feed_new.csv"):
-        assert (tmp_path / name).read_bytes() == (ROOT / "mtlrun" / "examples" / "feed" / name).read_bytes(), name
+        assert (tmp_path / name).read_bytes() == (
+            ROOT / "mtlrun" / "examples" / "feed" / name
+        ).read_bytes(), name
     assert (ROOT / "mtlrun" / "examples" / "feed" / "feed.csv").stat().st_size < 1_000_000
 
 

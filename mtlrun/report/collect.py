@@ -11,7 +11,7 @@ object, broken YAML) is not an error for the report: :func:`read_runs` returns i
 :class:`UnreadableRun` that names the file and the problem, and the report lists it. A metrics.csv whose
 last line was cut off (a run killed while writing it) is read without that line. ``summary.json``'s
 ``status`` is ``running``, ``completed``, ``failed`` or ``interrupted`` (stopped by a signal, named by its
-``signal`` key).
+``signal`` key); a run that says ``running`` while no process holds its lock was killed, and is listed so.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from mtlrun import rundir
 from mtlrun.errors import DataError
 
 SUMMARY = "summary.json"
@@ -81,7 +82,8 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.summary.get("status", "unknown"))
+        """summary.json's status; ``killed`` for a run that says ``running`` while no process writes it."""
+        return str(rundir.status(self.path, self.summary) or "unknown")
 
     @property
     def completed(self) -> bool:

@@ -2,15 +2,17 @@
 (or the file) and what would work, a non-zero exit, no traceback, and nothing trained.
 
 A new option's bad values are tested by adding a line to ``CASES``. In ``argv``, ``{tmp}`` stands for the
-case's own empty folder (``files`` writes what the case reads into it) and ``{table}`` for a small valid
-table. Training commands (``training=True``) get ``debug=smoke hydra.run.dir={tmp}/run`` appended.
+case's own empty folder (``files`` writes what the case reads into it). Training commands (``training=True``)
+get ``debug=smoke hydra.run.dir={tmp}/run`` appended. The commands run side by side (see ``outcomes``).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,32 +294,33 @@ def mtlrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="session")
-def table(tmp_path_factory) -> Path:
-    """A small valid CSV table (the columns of the shipped feed example), for cases about other keys."""
-    import pandas as pd
-
-    path = tmp_path_factory.mktemp("table") / "table.csv"
-    rows = 60
-    pd.DataFrame(
-        {
-            "x1": [i / rows for i in range(rows)],
-            "x2": [(i * 7) % 5 for i in range(rows)],
-            "y": list(range(rows)),
-        }
-    ).to_csv(path, index=False)
-    return path
+@pytest.fixture(scope="module")
+def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """{case: (its folder, the finished `mtlrun` process)} for every selected case. The files are written
+    first, then the commands run side by side: each process spends ~2 s importing torch."""
+    selected = [
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.originalname == "test_bad_value_is_refused_with_a_message" and hasattr(item, "callspec")
+    ]
+    commands = {}
+    for name in selected:
+        case, folder = CASES[name], tmp_path_factory.mktemp("case")
+        if case.files is not None:
+            case.files(folder)
+        argv = [arg.format(tmp=folder) for arg in case.argv]
+        if case.training:
+            argv += ["debug=smoke", f"hydra.run.dir={folder / 'run'}"]
+        commands[name] = (folder, argv)
+    with ThreadPoolExecutor(max_workers=(os.cpu_count() or 2) + 1) as pool:
+        results = pool.map(lambda command: mtlrun(*command[1], cwd=command[0]), commands.values())
+        return {name: (commands[name][0], result) for name, result in zip(commands, results, strict=True)}
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_bad_value_is_refused_with_a_message(name: str, tmp_path: Path, table: Path) -> None:
+def test_bad_value_is_refused_with_a_message(name: str, outcomes: dict) -> None:
     case = CASES[name]
-    if case.files is not None:
-        case.files(tmp_path)
-    argv = [arg.format(tmp=tmp_path, table=table) for arg in case.argv]
-    if case.training:
-        argv += ["debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = mtlrun(*argv, cwd=tmp_path)
+    folder, result = outcomes[name]
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output, output
@@ -325,4 +328,4 @@ def test_bad_value_is_refused_with_a_message(name: str, tmp_path: Path, table: P
         assert text in output, f"{text!r} not in:\n{output}"
     assert len(output.strip().splitlines()) <= 6, f"not a short message:\n{output}"
     if case.training:
-        assert not (tmp_path / "run" / "metrics.csv").exists(), "it trained"
+        assert not (folder / "run" / "metrics.csv").exists(), "it trained"

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,28 +192,31 @@ def test_more_epochs_continue_a_finished_run_into_a_new_folder(finished: Path, t
     assert state["resumes"][-1]["from"] == str(finished) and state["resumes"][-1]["epoch"] == 2
 
 
-def test_resume_uses_the_saved_config_not_todays_defaults(tmp_path: Path) -> None:
-    """A run of 3 x 2 steps, stopped after epoch 1, resumes as 3 x 2 steps (not the default 20 x 40)."""
-    run = tmp_path / "run"
-    args = ["debug=smoke", "trainer.epochs=3", "trainer.limit_train_batches=2", f"hydra.run.dir={run}"]
-    assert mtlrun(*args, cwd=tmp_path).returncode == 0
-    state = read_summary(run)
-    state["status"] = "interrupted"  # as a SIGTERM after epoch 3's checkpoint would leave it
-    (run / "summary.json").write_text(json.dumps(state))
-    table = pd.read_csv(run / "metrics.csv")
-    table[table.epoch <= 1].to_csv(run / "metrics.csv", index=False)
+def interrupted_copy(finished: Path, folder: Path) -> Path:
+    """A copy of the finished run, recorded as interrupted (as a SIGTERM after its last checkpoint leaves it)."""
+    shutil.copytree(finished, folder)
+    (folder / rundir.LOCK_FILE).unlink()
+    state = read_summary(folder) | {"status": "interrupted", "signal": "SIGTERM"}
+    (folder / "summary.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_resume_uses_the_saved_config_not_todays_defaults(finished: Path, tmp_path: Path) -> None:
+    """The run was 2 epochs x 3 steps (debug=smoke): resumed with no override, it completes as that, not as
+    today's default of 20 epochs x 40 steps."""
+    run = interrupted_copy(finished, tmp_path / "run")
     result = mtlrun(f"resume={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert read_summary(run)["steps"] == 6 and read_summary(run)["epochs_completed"] == 3
+    state = read_summary(run)
+    assert (state["status"], state["steps"], state["epochs_completed"]) == ("completed", 6, 2)
+    assert state["resumes"][-1] | {"time": None} == {"from": str(run), "epoch": 2, "step": 6, "time": None}
 
 
 @pytest.mark.parametrize("broken", ["checkpoint.pt", "config.yaml"])
-def test_a_corrupted_file_is_named_and_the_run_left_as_it_was(tmp_path: Path, broken: str) -> None:
-    run = tmp_path / "run"
-    assert mtlrun("debug=smoke", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
-    state = read_summary(run)
-    state["status"] = "interrupted"
-    (run / "summary.json").write_text(json.dumps(state))
+def test_a_corrupted_file_is_named_and_the_run_left_as_it_was(
+    finished: Path, tmp_path: Path, broken: str
+) -> None:
+    run = interrupted_copy(finished, tmp_path / "run")
     path = run / broken
     path.write_bytes(
         path.read_bytes()[: len(path.read_bytes()) // 2] if broken.endswith(".pt") else b"a: [1,\n"

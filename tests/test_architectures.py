@@ -1,5 +1,5 @@
 """The model contract, for every architecture on every data set: predictions per task, parameter roles that
-match what each parameter actually does, the shared representation, and inputs_from wiring (DESIGN 4.3)."""
+match what each parameter actually does, the shared representation, and inputs_from wiring."""
 
 import pytest
 import torch
@@ -119,7 +119,7 @@ def test_single_task_shares_nothing():
     assert not built.model.has_representation
 
 
-# ------------------------------------------------------------------------------- inputs_from (DESIGN 4.3)
+# ------------------------------------------------------------------------------------------- inputs_from
 
 
 @pytest.mark.parametrize("architecture", options("architecture"))

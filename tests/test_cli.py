@@ -288,3 +288,25 @@ def test_the_tabular_example_and_its_predictions_run_from_any_folder(tmp_path: P
     )
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
     assert len(pd.read_csv(tmp_path / "feed" / "predictions" / "feed_new.csv")) == 500
+
+
+def test_summary_records_where_the_numbers_came_from(smoke_run: Path) -> None:
+    import platform
+
+    import torch
+
+    import mtlrun
+
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    origin = summary["provenance"]
+    assert origin["mtlrun"] == mtlrun.__version__
+    assert origin["python"] == platform.python_version() and origin["torch"] == torch.__version__
+    assert origin["device"] == summary["device"] == "cpu" and origin["threads"] >= 1
+    assert origin["command"] == f"mtlrun debug=smoke hydra.run.dir={smoke_run}"
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(mtlrun.__file__).parent
+    )
+    if head.returncode == 0:  # run from this checkout (CI clones it): the commit, and whether it had changes
+        assert origin["git"]["commit"] == head.stdout.strip() and isinstance(origin["git"]["dirty"], bool)
+    assert summary["pid"] > 0 and summary["signal"] is None and summary["resumes"] == []
+    assert "\r" not in (smoke_run / "metrics.csv").read_text()  # plain line ends

@@ -1,4 +1,4 @@
-"""Δm% (DESIGN §4.2) on hand-computed examples, and its errors."""
+"""Δm% (mtlrun.report.delta.delta_m) on hand-computed examples, and its errors."""
 
 from __future__ import annotations
 

@@ -271,24 +271,24 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path: Path) -> None:
     assert len({read_summary(f)["pid"] for f in folders}) == 3
 
 
-def limited_to(size: int) -> Callable[[], None]:
-    """Run the child with files capped at ``size`` bytes: a write past it fails with EFBIG, as on a full disk
-    (Python ignores SIGXFSZ, so the write raises instead of killing the process)."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+def mtlrun_with_files_capped_at(size: int, run: Path) -> subprocess.CompletedProcess:
+    """A smoke run into ``run`` whose process cannot write a file past ``size`` bytes: such a write fails
+    with EFBIG, as on a full disk (Python ignores SIGXFSZ, so the write raises instead of killing it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mtlrun", "debug=smoke", f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        cwd=run.parent,
+        timeout=240,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size)),
+    )
 
 
 def test_a_write_the_disk_refuses_fails_the_run_with_one_line_and_its_status(tmp_path: Path) -> None:
     """checkpoint.pt (1.5 MB) cannot be written, the tables can: the run says so in one line naming the
     file, records status failed with the error, and leaves no temporary file."""
     run = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "mtlrun", "debug=smoke", f"hydra.run.dir={run}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=240,
-        preexec_fn=limited_to(400_000),
-    )
+    result = mtlrun_with_files_capped_at(400_000, run)
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output
     errors = [line for line in output.splitlines() if "error:" in line]
@@ -300,14 +300,7 @@ def test_a_write_the_disk_refuses_fails_the_run_with_one_line_and_its_status(tmp
 
 
 def test_when_even_hydras_files_cannot_be_written_the_error_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "mtlrun", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=240,
-        preexec_fn=limited_to(2_000),
-    )
+    result = mtlrun_with_files_capped_at(2_000, tmp_path / "run")
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 1 and output.splitlines() == [
         "error: could not read or write (File too large); check the disk space and permissions"

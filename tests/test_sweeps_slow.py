@@ -159,14 +159,8 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_t
     import signal
     import time
 
-    run = [
-        "data=kendall_toy",
-        "encoder.hidden=[512,512]",
-        "trainer.batch_size=10",
-        "trainer.epochs=30",
-        "trainer.progress=false",
-        "trainer.plots=false",
-    ]
+    from test_faults import RUN as run  # 30 short epochs, each with a checkpoint
+
     reference = mtlrun(*run, f"hydra.run.dir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
     sweep = tmp_path / "sweep"

@@ -49,6 +49,12 @@ class MetricsWriter:
     def close(self) -> None:
         self._file.close()
 
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def metric_rows(path: Path, last_epoch: int) -> Iterator[list[str]]:
     """The rows of a metrics.csv up to ``last_epoch`` (header first); a last line cut short by a kill (no

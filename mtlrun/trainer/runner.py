@@ -11,13 +11,14 @@ the run as interrupted and stops; ``mtlrun resume=<folder>`` continues it exactl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -68,53 +69,67 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     schema.validate(cfg)
     rundir.lock(out_dir)  # one process per run folder
     source = Path(cfg.resume) if cfg.resume else None
-    in_place = source is not None and source.resolve() == out_dir.resolve()
     record = RunRecord(out_dir, rundir.read_summary(source) or {} if source else {})
-    at: list[TrainState] = []  # the training state, once there is one (for the messages below)
-    writer: MetricsWriter | None = None
-    with signals.watched():
-        try:
-            if not in_place:  # a new folder: its config and status come first, so even a kill now leaves them
-                begin(cfg, out_dir, record)
-            s = setup(cfg)
-            state = resume_state(s, source, out_dir, cfg.trainer.epochs) if source else TrainState()
-            at.append(state)
-            if in_place:  # the run's own folder changes only once the resume is sure to start
-                begin(cfg, out_dir, record, resumed_at=state)
-            elif source:
-                record.fields["resumes"].append(_resume_entry(source, state))
-            s.data.save_preprocessing(
-                out_dir
-            )  # e.g. preprocessing.json of data=tabular, for predicting later
-            record.write(
-                **describe(s),
-                select=cfg.trainer.select.value,
-                higher_is_better=_directions(s),
-                provenance=provenance(s.device),
-            )
-            writer = MetricsWriter(out_dir / METRICS)
-            checkpoints = Checkpoints(
-                out_dir, cfg.trainer.checkpoint, cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_minutes
-            )
-            train(cfg.trainer, s, state, writer, checkpoints, record)
-            return finish(cfg.trainer, s, state, out_dir, record)
-        except (signals.Interrupted, KeyboardInterrupt) as err:
-            stop = (
-                err
-                if isinstance(err, signals.Interrupted)
-                else signals.Interrupted(signal.SIGINT, at_once=True)
-            )
-            record.end("interrupted", signal=signals.name(stop.signum), error=None)
-            log.warning(_interrupted_message(stop, at[0] if at else None, cfg.trainer.checkpoint, out_dir))
-            raise stop from None
-        except BaseException as err:
-            record.end("failed", error=f"{type(err).__name__}: {err}")
-            raise
-        finally:
-            if writer is not None:
-                writer.close()
-            remove_temporary_files(out_dir)
-            rundir.release(out_dir)
+    try:
+        with signals.watched(), ending_recorded(record, cfg.trainer.checkpoint) as ending:
+            return train_and_evaluate(cfg, out_dir, source, record, ending)
+    finally:
+        remove_temporary_files(out_dir)
+        rundir.release(out_dir)
+
+
+def train_and_evaluate(
+    cfg: DictConfig, out_dir: Path, source: Path | None, record: RunRecord, ending: Ending
+) -> dict:
+    """The recipe: record the start, build everything, restore a resumed run, train, record the end."""
+    in_place = source is not None and source.resolve() == out_dir.resolve()
+    if not in_place:  # a new folder: its config and status come first, so even a kill now leaves them
+        begin(cfg, out_dir, record)
+    s = setup(cfg)
+    state = ending.state = resume_state(s, source, out_dir, cfg.trainer.epochs) if source else TrainState()
+    if in_place:  # the run's own folder changes only once the resume is sure to start
+        begin(cfg, out_dir, record, resumed_at=state)
+    elif source:
+        record.fields["resumes"].append(_resume_entry(source, state))
+    s.data.save_preprocessing(out_dir)  # e.g. preprocessing.json of data=tabular, for predicting later
+    record.write(
+        **describe(s),
+        select=cfg.trainer.select.value,
+        higher_is_better=_directions(s),
+        provenance=provenance(s.device),
+    )
+    checkpoints = Checkpoints(
+        out_dir, cfg.trainer.checkpoint, cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_minutes
+    )
+    with MetricsWriter(out_dir / METRICS) as writer:
+        train(cfg.trainer, s, state, writer, checkpoints, record)
+    return finish(cfg.trainer, s, state, out_dir, record)
+
+
+@dataclass
+class Ending:
+    """What the end of a run is told: the training state, once there is one."""
+
+    state: TrainState | None = None
+
+
+@contextlib.contextmanager
+def ending_recorded(record: RunRecord, checkpointed: bool) -> Iterator[Ending]:
+    """Record how a run ends other than completed: interrupted by a stop signal (and how to continue), or
+    failed with the error. (A resume that never started leaves its folder's record as it was.)"""
+    ending = Ending()
+    try:
+        yield ending
+    except (signals.Interrupted, KeyboardInterrupt) as err:
+        stop = (
+            err if isinstance(err, signals.Interrupted) else signals.Interrupted(signal.SIGINT, at_once=True)
+        )
+        record.end("interrupted", signal=signals.name(stop.signum), error=None)
+        log.warning(_interrupted_message(stop, ending.state, checkpointed, record.path.parent))
+        raise stop from None
+    except BaseException as err:
+        record.end("failed", error=f"{type(err).__name__}: {err}")
+        raise
 
 
 def begin(cfg: DictConfig, out_dir: Path, record: RunRecord, resumed_at: TrainState | None = None) -> None:
@@ -140,7 +155,6 @@ def resume_state(s: Setup, source: Path, out_dir: Path, epochs: int) -> TrainSta
     """The state of ``source``'s run at its last checkpoint, restored into ``s``; ``out_dir`` keeps the
     metrics rows the checkpoint covers (and, a new folder, gets the run's best model). A run killed before its
     first checkpoint starts from the beginning."""
-    remove_temporary_files(source)
     path = source / CHECKPOINT
     if out_dir != source and (source / BEST_MODEL).exists():
         shutil.copyfile(source / BEST_MODEL, out_dir / BEST_MODEL)
@@ -219,7 +233,7 @@ def train_epoch(
         done.loss_sums, done.weight_sums = done.loss_sums.to(s.device), done.weight_sums.to(s.device)
     order = s.data.batches("train", trainer.batch_size, shuffle=True, generator=s.shuffle)
     clock = time.perf_counter() - done.time_s
-    with progress or nullcontext():
+    with progress or contextlib.nullcontext():
         bar = (
             progress.add_task(
                 "",

@@ -3,7 +3,7 @@
 The run folder has all it takes: ``config.yaml`` rebuilds the tasks and the model through the runner's
 setup functions, the data set's class turns the file into model input with what the run saved
 (``TensorData.new_input``; for ``data=tabular`` the fitted ``preprocessing.json``, never refitted), and the
-weights come from ``best_model.pt`` (the selected epoch) or ``checkpoint.pt`` (the last evaluated one),
+weights come from ``best_model.pt`` (the selected epoch) or ``checkpoint.pt`` (the last checkpoint),
 loaded with ``torch.load(weights_only=True)``, so a checkpoint file cannot run code.
 
 The table goes to a new file: ``out`` (or the default) must not exist yet, and is never the input file
@@ -58,7 +58,7 @@ KEYS = {
         "FILE",
         "the table to write, .csv or .parquet, a new file (default: <run>/predictions/<FILE's stem>.csv)",
     ),
-    "checkpoint": ("best", "best: best_model.pt (the selected epoch); last: checkpoint.pt (last evaluated)"),
+    "checkpoint": ("best", "best: best_model.pt (the selected epoch); last: checkpoint.pt (the last checkpoint)"),
     "keep": ("[COL,...]", "columns of the input copied to the output first, e.g. keep=[impression_id]"),
     "device": ("auto", "auto (CUDA when present), cpu or cuda"),
     "batch_size": ("1024", "rows per forward pass"),

@@ -335,3 +335,19 @@ def test_a_status_the_disk_refuses_is_said_in_one_line_after_the_original_error(
     ]
     assert read_summary(tmp_path)["status"] == "running"  # the last status the disk took
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_sweeps_started_together_get_folders_of_their_own(tmp_path: Path) -> None:
+    """Two sweeps into one clock-named folder: the second takes <name>_1, and its jobs follow it there."""
+    processes = [
+        start("-m", "debug=smoke", "seed=0", "hydra.sweep.dir=sweeps/${now:%Y}", cwd=tmp_path)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    year = time.strftime("%Y")
+    jobs = sorted(p.parent for p in (tmp_path / "sweeps").glob("*/0/summary.json"))
+    assert [job.parent.name for job in jobs] == [year, f"{year}_1"]
+    for job in jobs:
+        assert read_summary(job)["status"] == "completed" and read_summary(job)["output_dir"] == str(job)
+        assert (job.parent / "summary.md").is_file()  # each sweep's own report

@@ -58,7 +58,10 @@ KEYS = {
         "FILE",
         "the table to write, .csv or .parquet, a new file (default: <run>/predictions/<FILE's stem>.csv)",
     ),
-    "checkpoint": ("best", "best: best_model.pt (the selected epoch); last: checkpoint.pt (the last checkpoint)"),
+    "checkpoint": (
+        "best",
+        "best: best_model.pt (the selected epoch); last: checkpoint.pt (the last checkpoint)",
+    ),
     "keep": ("[COL,...]", "columns of the input copied to the output first, e.g. keep=[impression_id]"),
     "device": ("auto", "auto (CUDA when present), cpu or cuda"),
     "batch_size": ("1024", "rows per forward pass"),

@@ -93,7 +93,7 @@ class RunFolders(Callback):
             if claimed != sweep_dir:  # the jobs compose their own config from the sweep's overrides
                 _set(config, "hydra.sweep.dir", str(claimed))
                 with read_write(config.hydra.overrides.hydra):
-                    config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
+                    config.hydra.overrides.hydra.append(path_override("hydra.sweep.dir", claimed))
 
 
 @contextlib.contextmanager
@@ -127,8 +127,10 @@ def _set(config: DictConfig, key: str, value: Any) -> None:
         parent[name] = value
 
 
-def _quoted(path: Path) -> str:
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+def path_override(key: str, path: Path | str) -> str:
+    """The command-line override ``key='<path>'``, quoted so that any character of the path survives Hydra's
+    override grammar."""
+    return f"{key}='" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class SweepStatus(Callback):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtlrun.callbacks import path_override
+
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _submitit
 except ImportError:  # pip install 'mtlrun[slurm]' adds the launchers
@@ -23,8 +25,8 @@ except ImportError:  # pip install 'mtlrun[slurm]' adds the launchers
 
 def resume_overrides(overrides: list[str], folder: str) -> list[str]:
     """``overrides`` with ``resume=`` pointing at the job's own folder (replacing one there was)."""
-    quoted = "'" + folder.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return [o for o in overrides if not o.lstrip("+").startswith("resume=")] + [f"resume={quoted}"]
+    kept = [o for o in overrides if not o.lstrip("+").startswith("resume=")]
+    return [*kept, path_override("resume", folder)]
 
 
 if _submitit is not None:

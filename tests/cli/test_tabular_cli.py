@@ -20,7 +20,7 @@ from mtlrun.data.preprocess import TablePreprocessor
 from mtlrun.data.tabular import transform_file
 from mtlrun.trainer.runner import run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = {"click", "purchase", "dwell_seconds", "reaction"}
 
 

@@ -20,7 +20,7 @@ from mtlrun.errors import ConfigError, DataError
 from mtlrun.tasks import build_tasks
 from mtlrun.trainer.setup import setup_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TASKS = {
     "clicked": {"kind": "binary"},

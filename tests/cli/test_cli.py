@@ -181,7 +181,7 @@ def test_help_and_cfg_job_do_not_import_torch() -> None:
     )
 
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -213,7 +213,7 @@ def weighting_options(gradient_based: bool | None = None) -> list[str]:
     from mtlrun.weighting.base import GradientWeighting
 
     options = []
-    for path in sorted((Path(__file__).parents[1] / "conf" / "weighting").glob("*.yaml")):
+    for path in sorted((Path(__file__).parents[2] / "conf" / "weighting").glob("*.yaml")):
         cls = get_class(OmegaConf.load(path)._target_)
         if gradient_based is None or issubclass(cls, GradientWeighting) == gradient_based:
             options.append(path.stem)
@@ -259,7 +259,7 @@ def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> No
 
 @pytest.mark.slow  # a catalogue-wide sweep (15-25 s); in-process catalogue tests cover the fast tier
 def test_every_architecture_runs_through_the_cli_on_images_and_vectors(tmp_path: Path) -> None:
-    options = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "architecture").glob("*.yaml"))
+    options = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "architecture").glob("*.yaml"))
     result = mtlrun(
         "-m",
         *SMOKE,

@@ -1,7 +1,7 @@
 """Sweep machinery, in process (fast tier): launcher and sweeper presets, the Optuna search presets, the
 objective a run returns, the `variants` sweeper's job lists, and the one-line message for a missing extra.
 
-The real sweeps (parallel and submitit launchers, Optuna studies) run in tests/test_sweeps_slow.py.
+The real sweeps (parallel and submitit launchers, Optuna studies) run in tests/cli/test_sweeps_slow.py.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
 from mtlrun.trainer.runner import run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FEED = ROOT / "mtlrun" / "examples" / "feed" / "feed.csv"
 NEW = ROOT / "mtlrun" / "examples" / "feed" / "feed_new.csv"
 CLASSES = ["hide", "like", "none", "share"]  # the reaction labels, sorted (preprocessing.json)

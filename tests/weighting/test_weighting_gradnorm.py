@@ -118,7 +118,7 @@ def test_on_a_real_model_the_task_above_its_target_loses_weight() -> None:
 
 
 def test_architecture_without_shared_layer_keeps_the_weights_equal() -> None:
-    """Nothing shared, nothing to balance (the run warns: tests/test_weighting.py): the weights stay 1."""
+    """Nothing shared, nothing to balance (the run warns: tests/weighting/test_weighting.py): the weights stay 1."""
     cfg = small_cfg(["data=kendall_toy", "weighting=gradnorm", "architecture=single_task"])
     built = build_objects(cfg)
     built.weighting.attach(built.model)

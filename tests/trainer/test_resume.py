@@ -5,7 +5,7 @@ gradient-cosine sampling off their defaults) and every architecture.
 
 The signal is real: the process sends itself SIGTERM after a chosen training step, and the runner's handler
 stops the run at the next step boundary. The CLI-level behaviour (kill -9, resume's config rules, folders
-left untouched) is in tests/test_resume_cli.py.
+left untouched) is in tests/cli/test_faults.py.
 """
 
 from __future__ import annotations

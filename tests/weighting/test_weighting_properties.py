@@ -2,7 +2,7 @@
 
 Parametrized over every option of conf/weighting whose class is gradient-based, so a new method is checked
 without editing this file. Method-specific maths (closed forms, optimality conditions) lives in
-tests/test_weighting_<method>.py.
+tests/weighting/test_weighting_<method>.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Real sweeps through the `mtlrun` command (slow tier, `make test-all`, which installs the extras): the parallel
-(more in tests/test_parallel_launcher.py) and submitit launchers, Optuna studies (one with a failing trial),
+(more in tests/cli/test_parallel_launcher.py) and submitit launchers, Optuna studies (one with a failing trial),
 and a comparison preset at smoke size."""
 
 from __future__ import annotations

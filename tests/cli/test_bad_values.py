@@ -27,7 +27,7 @@ class Case:
     training: bool = True  # a training command: smoke-sized, into {tmp}/run
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FEED = ROOT / "mtlrun" / "examples" / "feed" / "feed.csv"  # the table experiment=tabular_example reads
 
 

@@ -22,9 +22,9 @@ from hydra import compose, initialize_config_dir
 
 from mtlrun import schema
 from mtlrun.architecture.hard_sharing import HardSharing
-from mtlrun.cli import config_dir
 from mtlrun.encoder.mlp import MLPEncoder
 from mtlrun.instantiate import build
+from mtlrun.paths import config_dir
 from mtlrun.tasks import Task
 from mtlrun.trainer.backward import BackwardEngine
 from mtlrun.trainer.step import train_step

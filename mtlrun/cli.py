@@ -17,17 +17,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mtlrun import plugins, schema, signals
+from mtlrun.paths import config_dir
 
 log = logging.getLogger("mtlrun")
-
-
-def config_dir() -> str:
-    """Absolute path of the shipped configs: ``mtlrun/conf`` in a wheel, else ``<repo>/conf``."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "config.yaml").exists():
-            return str(candidate)
-    raise FileNotFoundError(f"mtlrun: no conf/ folder found beside {package}; reinstall the package")
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -240,17 +240,6 @@ def load_weights(model: MTLModel, path: Path) -> None:
         ) from None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when visible, else the CPU; ``cuda`` without a visible device is an error."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda: no CUDA device is visible; use device=auto or device=cpu")
-    return torch.device(name)
-
-
 # ---------------------------------------------------------------------------------------------- predicting
 def estimates(
     model: MTLModel, tasks: Mapping[str, Task], x: torch.Tensor, batch_size: int, device: torch.device
@@ -365,6 +354,7 @@ def predict(options: Options) -> tuple[pd.DataFrame, Path]:
     from omegaconf import OmegaConf
 
     from mtlrun.instantiate import resolve_target
+    from mtlrun.trainer.setup import resolve_device
 
     weights = check_run(options.run, options.checkpoint)
     out = options.out or default_out(options.run, options.path)
@@ -380,7 +370,7 @@ def predict(options: Options) -> tuple[pd.DataFrame, Path]:
     new = new_input(options.run, options.path, options.keep)
     if len(new) == 0:
         raise DataError(f"data.path={options.path}: no rows to predict on; give a file with rows")
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, key="device")
     model, tasks = rebuild_model(cfg, new, device, fitted_pos_weights(options.run))
     load_weights(model, weights)
     found = estimates(model, tasks, new.x, options.batch_size, device)

@@ -22,14 +22,14 @@ from census_files import write_census_files
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from mtlrun import cli, schema
+from mtlrun import paths, schema
 from mtlrun.data.base import TensorData
 from mtlrun.data.idx import write_idx
 from mtlrun.instantiate import build
 from mtlrun.tasks import build_tasks
 from mtlrun.trainer.setup import setup_data, setup_model
 
-CONF = Path(cli.config_dir())
+CONF = Path(paths.config_dir())
 
 # Tensors in these tests are tiny: a second intra-op thread only adds synchronisation, and on a busy 2-core
 # machine it makes a small conv layer 100x slower (measured: 1 ms vs 220 ms per forward/backward).

@@ -23,9 +23,9 @@ def load(name: str, tasks: Sequence[str] | Mapping[str, Any], **overrides: Any):
     ``tasks``: task names (treated as regression tasks, which only uncertainty weighting distinguishes) or
     a mapping of names to :class:`mtlrun.tasks.Task`.
     """
-    from mtlrun.cli import config_dir
     from mtlrun.errors import ConfigError
     from mtlrun.instantiate import build
+    from mtlrun.paths import config_dir
     from mtlrun.tasks import Task
 
     path = Path(config_dir()) / "weighting" / f"{name}.yaml"

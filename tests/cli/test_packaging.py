@@ -55,7 +55,7 @@ def test_wheel_runs_from_another_directory(tmp_path: Path) -> None:
         )
 
     where = subprocess.run(
-        [sys.executable, "-c", "import mtlrun.cli; print(mtlrun.cli.config_dir())"],
+        [sys.executable, "-c", "import mtlrun.paths; print(mtlrun.paths.config_dir())"],
         capture_output=True,
         text=True,
         cwd=elsewhere,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch.nn as nn
 from torch import Tensor
@@ -39,6 +39,9 @@ class MTLModel(nn.Module):
     """Base class: subclasses build their modules, implement ``forward`` and ``parameter_roles``."""
 
     has_representation: bool = False
+    # True where the tasks do not interact at all (one network per task): such runs are the single-task
+    # baseline that reports compute Δm% against.
+    independent_tasks: ClassVar[bool] = False
 
     def __init__(self, tasks: Mapping[str, Task]) -> None:
         super().__init__()

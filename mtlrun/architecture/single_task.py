@@ -19,6 +19,7 @@ from mtlrun.tasks import Task
 
 class SingleTask(MTLModel):
     has_representation = False
+    independent_tasks = True
 
     def __init__(self, encoder: EncoderFactory, tasks: Mapping[str, Task], heads: Mapping) -> None:
         super().__init__(tasks)

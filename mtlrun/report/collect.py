@@ -114,11 +114,16 @@ class Run:
 
     @property
     def is_single_task(self) -> bool:
-        """Whether this run trained the single-task baseline (``architecture=single_task``)."""
-        if "architecture" in self.choices:
-            return self.choices["architecture"] == "single_task"
-        target = str(self.config.get("architecture", {}).get("_target_", ""))
-        return target.endswith(".SingleTask") or self.summary.get("architecture") == "SingleTask"
+        """Whether this run trained the single-task baseline: its architecture declared that the tasks do
+        not interact (summary.json's ``independent_tasks``, e.g. ``architecture=single_task``)."""
+        return self.summary.get("independent_tasks") is True
+
+    @property
+    def has_fixed_weights(self) -> bool:
+        """Whether its weighting declared fixed weights (summary.json's ``weighting.adaptive`` is false, as
+        for ``weighting=equal`` and ``weighting=static``)."""
+        weighting = self.summary.get("weighting")
+        return isinstance(weighting, Mapping) and weighting.get("adaptive") is False
 
     def metric_values(self, split: str) -> dict[str, float]:
         """{"task/metric": value} of the selected epoch on ``split`` (val or test), declared metrics only."""

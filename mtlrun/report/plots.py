@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-STATIC_WEIGHTING = "static"
-
 
 def _figure(
     panels: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.0), fast: bool = False
@@ -142,7 +140,7 @@ def plot_task_weights(report: Report, path: Path) -> Path | None:
 
 
 def _is_static(runs: Sequence[Run]) -> bool:
-    return runs[0].choices.get("weighting") == STATIC_WEIGHTING
+    return runs[0].has_fixed_weights
 
 
 def short_labels(labels: list[str]) -> list[str]:

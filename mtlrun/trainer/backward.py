@@ -84,8 +84,8 @@ class BackwardEngine:
     ) -> None:
         self.model = model
         self.weighting = weighting
-        self.source = getattr(weighting, "grad_source", "shared_params")
-        self.update_every = getattr(weighting, "update_every", 1)
+        self.source = weighting.grad_source or "shared_params"
+        self.update_every = weighting.update_every
         if weighting.needs_task_grads and self.source == "representation" and not model.has_representation:
             raise ConfigError(
                 f"weighting.grad_source=representation: {type(model).__name__} exposes no shared representation; "

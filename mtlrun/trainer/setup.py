@@ -198,11 +198,13 @@ def describe(s: Setup) -> dict:
             for name, t in s.tasks.items()
         },
         "architecture": type(s.model).__name__,
+        "independent_tasks": s.model.independent_tasks,
         "weighting": {
             "method": type(s.weighting).__name__,
+            "adaptive": s.weighting.adaptive,
             "needs_task_grads": s.weighting.needs_task_grads,
-            "grad_source": getattr(s.weighting, "grad_source", None),
-            "update_every": getattr(s.weighting, "update_every", None),
+            "grad_source": s.weighting.grad_source,
+            "update_every": s.weighting.update_every,
         },
         "parameters": s.model.parameter_counts()
         | {"weighting": sum(p.numel() for p in s.weighting.parameters())},

@@ -38,6 +38,13 @@ class Weighting(nn.Module):
     # The output depends on a random draw (task order, dropped signs, sampled weights): property tests that
     # compare two calls (permutation of tasks) skip such methods.
     randomized: ClassVar[bool] = False
+    # False where the weights are fixed by the config (equal, static): reports draw such runs as points of
+    # one static-weight front, which adaptive methods are compared against.
+    adaptive: ClassVar[bool] = True
+    # Which per-task gradients the method reads (None: it reads only the losses) and how many steps it
+    # reuses its weights for; gradient-based methods take both from the config.
+    grad_source: str | None = None
+    update_every: int = 1
 
     def __init__(self, tasks: Mapping[str, Task]) -> None:
         super().__init__()

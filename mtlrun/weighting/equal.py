@@ -8,5 +8,7 @@ from mtlrun.weighting.base import Weighting
 
 
 class Equal(Weighting):
+    adaptive = False
+
     def combine(self, losses: Tensor) -> Tensor:
         return losses.sum()

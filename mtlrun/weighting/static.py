@@ -13,6 +13,8 @@ from mtlrun.weighting.base import Weighting
 
 
 class Static(Weighting):
+    adaptive = False
+
     def __init__(
         self, tasks: Mapping[str, Task], weights: Mapping[str, float] | None = None, default: float = 1.0
     ):

@@ -90,6 +90,8 @@ def write_run(
         "seed": seed,
         "data": {"name": data},
         "tasks": TASKS,
+        "independent_tasks": architecture == "single_task",  # what the architecture declares
+        "weighting": {"adaptive": weighting not in ("equal", "static")},
     }
     if directions:
         summary["higher_is_better"] = DIRECTIONS

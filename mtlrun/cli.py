@@ -43,8 +43,10 @@ def train(cfg: DictConfig) -> float | None:
         signals.hand_over(stop.signum)  # e.g. submitit's handler: requeue the job from the checkpoint
         raise SystemExit(stop.exit_code) from None
     except Exception as err:
+        from mtlrun.trainer.summary import record_failure
+
         log.error(describe_error(err))
-        record_failure(out_dir, err)
+        record_failure(out_dir, f"{type(err).__name__}: {err}")
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return None  # the sweep goes on; its report lists the failed job
         raise SystemExit(1) from None
@@ -71,22 +73,6 @@ def disk_error(err: OSError) -> str:
     """A failed read or write (a full disk, a file too large, a read-only or vanished folder) in one line."""
     where = f" {err.filename}" if err.filename else ""
     return f"could not read or write{where} ({err.strerror or err}); check the disk space and permissions"
-
-
-def record_failure(out_dir: Path, err: Exception) -> None:
-    """Make sure a run that failed leaves summary.json saying so, even when it failed before the runner wrote
-    one (the sweep report finds jobs by their summary). An existing summary is the runner's: left alone."""
-    from mtlrun.trainer.outputs import write_json
-
-    path = out_dir / "summary.json"
-    if path.exists():
-        return
-    try:
-        write_json(
-            path, {"status": "failed", "error": f"{type(err).__name__}: {err}", "output_dir": str(out_dir)}
-        )
-    except OSError as write_err:
-        log.error("could not record status 'failed' in %s (%s)", path, write_err.strerror or write_err)
 
 
 def compose_error(err: BaseException) -> str | None:

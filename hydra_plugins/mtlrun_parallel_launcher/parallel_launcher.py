@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
-import json
 import logging
 import multiprocessing
 import os
@@ -47,7 +46,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun import signals
+from mtlrun import rundir, signals
 
 log = logging.getLogger(__name__)
 
@@ -205,20 +204,13 @@ class ParallelLauncher(Launcher):
         except ValueError:
             how = f"was killed by signal {-code}"
         error = f"job {job.num} ({' '.join(job.overrides)}): its process {how}"
-        path = job.out_dir / "summary.json"
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):  # none yet (or unreadable): the job died before the runner wrote one
-            summary = {"output_dir": str(job.out_dir)}
-        if summary.get("status", "running") != "running":  # "interrupted" (a clean stop) or a final status
-            log.warning(f"{error}; its summary.json says {summary['status']}")
-        else:
-            from mtlrun.trainer.outputs import write_json
+        from mtlrun.trainer.summary import record_failure
 
-            error += "" if code < 0 else " before sending its result"
-            log.error(error)
-            job.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(path, summary | {"status": "failed", "error": error})
+        cause = error + ("" if code < 0 else " before sending its result")
+        if record_failure(job.out_dir, cause, replace_running=True):
+            log.error(cause)
+        else:  # "interrupted" (a clean stop) or a final status
+            log.warning(f"{error}; its summary.json says {rundir.status(job.out_dir)}")
         return JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=None)
 
 

@@ -14,20 +14,18 @@ the ordinary gradient of each head's own loss. Methods whose direction is a weig
 may recompute only every ``update_every`` steps; in between, the last weights weigh the losses and one
 backward pass does.
 
-The engine also samples the pairwise cosine similarity of the task gradients every ``cosine_every`` steps:
-free when the matrix is computed anyway, an extra T backward passes for loss-based methods (off unless
-``cosine_for_loss_based``).
+It hands the per-task gradients it computes, and the model's penalty, to the run's
+:class:`~mtlrun.trainer.diagnostics.StepDiagnostics` (gradient cosines, penalty means).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 from torch import Tensor
 
 from mtlrun.architecture.base import MTLModel
 from mtlrun.errors import ConfigError
+from mtlrun.trainer.diagnostics import StepDiagnostics
 from mtlrun.weighting.base import Weighting
 
 
@@ -69,17 +67,12 @@ def add_flat_grad(direction: Tensor, params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
-def cosine_matrix(grads: Tensor) -> Tensor:
-    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return unit @ unit.T
-
-
 class BackwardEngine:
     def __init__(
         self,
         model: MTLModel,
         weighting: Weighting,
-        cosine_every: int = 0,
+        diagnostics: StepDiagnostics | None = None,
         cosine_for_loss_based: bool = False,
     ) -> None:
         self.model = model
@@ -91,26 +84,25 @@ class BackwardEngine:
                 f"weighting.grad_source=representation: {type(model).__name__} exposes no shared representation; "
                 "use weighting.grad_source=shared_params"
             )
-        self.cosine_every = cosine_every if (weighting.needs_task_grads or cosine_for_loss_based) else 0
+        self.diagnostics = diagnostics or StepDiagnostics(weighting.task_names, cosine_every=0)
+        # free where the [T, P] matrix is computed anyway; T extra passes for loss-based methods: when asked
+        self.samples_cosines = weighting.needs_task_grads or cosine_for_loss_based
         self.shared = model.shared_parameters()
         self.owned = model.task_owned_parameters()
         self.steps = 0
         self.backward_passes = 0
-        self._cosine_sum: Tensor | None = None
-        self._cosine_count = 0
-        self._penalty_sum: Tensor | None = None
-        self._penalty_count = 0
 
-    # ------------------------------------------------------------------------------------------- step
     def backward(self, losses: Tensor) -> Tensor:
         """Fill ``.grad`` of the model and weighting parameters; returns the scalar objective (detached)."""
         self.steps += 1
-        sample_cosine = bool(self.cosine_every) and self.steps % self.cosine_every == 0 and bool(self.shared)
+        sample_cosine = self.samples_cosines and self.diagnostics.cosine_due(self.steps) and bool(self.shared)
         w = self.weighting
-        penalty = self._penalty()
+        penalty = self.model.penalty()
+        if penalty is not None:
+            self.diagnostics.record_penalty(penalty)
         if not w.needs_task_grads:
             if sample_cosine:
-                self._record_cosine(per_task_gradients(losses, self.shared))
+                self.diagnostics.record_cosines(per_task_gradients(losses, self.shared))
                 self.backward_passes += len(losses)
             return self._plain(w.combine(losses), penalty)
         if not self.shared:  # designs that share nothing (single_task) have nothing to balance
@@ -132,7 +124,7 @@ class BackwardEngine:
             add_flat_grad(w.aggregate(grads, losses.detach()), self.shared)
             self.backward_passes += len(losses)
         if sample_cosine:
-            self._record_cosine(grads)
+            self.diagnostics.record_cosines(grads)
         return losses.sum().detach()
 
     def _plain(self, objective: Tensor, penalty: Tensor | None) -> Tensor:
@@ -140,49 +132,13 @@ class BackwardEngine:
         self.backward_passes += 1
         return objective.detach()
 
-    def _penalty(self) -> Tensor | None:
-        penalty = self.model.penalty()
-        if penalty is not None:
-            value = penalty.detach().float()
-            self._penalty_sum = value if self._penalty_sum is None else self._penalty_sum + value
-            self._penalty_count += 1
-        return penalty
-
-    def pop_penalty(self) -> dict[str, float]:
-        """Mean model penalty since the last call: {"penalty": value}, or {} for designs without one."""
-        if self._penalty_sum is None:
-            return {}
-        mean = (self._penalty_sum / self._penalty_count).item()
-        self._penalty_sum, self._penalty_count = None, 0
-        return {"penalty": mean}
-
-    # ----------------------------------------------------------------------------------- diagnostics
-    def _record_cosine(self, grads: Tensor) -> None:
-        cos = cosine_matrix(grads.detach().float())
-        self._cosine_sum = cos if self._cosine_sum is None else self._cosine_sum + cos
-        self._cosine_count += 1
-
-    def pop_cosines(self) -> dict[str, float]:
-        """Mean pairwise cosine similarity of task gradients since the last call: {"a~b": value}."""
-        if self._cosine_sum is None:
-            return {}
-        mean = (self._cosine_sum / self._cosine_count).tolist()
-        names = self.weighting.task_names
-        self._cosine_sum, self._cosine_count = None, 0
-        return {f"{names[i]}~{names[j]}": mean[i][j] for i, j in itertools.combinations(range(len(names)), 2)}
-
     def passes_per_step(self) -> float:
         return self.backward_passes / max(self.steps, 1)
 
-    # ------------------------------------------------------------------------------------------ state
-    # The step counter decides when ``update_every`` recomputes the weights and when cosines are sampled, and
-    # the running sums span a whole epoch: all of it goes into the checkpoint, so a resumed run takes the
-    # same steps as an uninterrupted one.
-    _STATE = ("steps", "backward_passes", "_cosine_sum", "_cosine_count", "_penalty_sum", "_penalty_count")
-
+    # The step counter decides when ``update_every`` recomputes the weights and when cosines are sampled: it
+    # goes into the checkpoint, so a resumed run takes the same steps as an uninterrupted one.
     def state_dict(self) -> dict:
-        return {key: getattr(self, key) for key in self._STATE}
+        return {"steps": self.steps, "backward_passes": self.backward_passes}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in self._STATE:
-            setattr(self, key, state[key])
+        self.steps, self.backward_passes = state["steps"], state["backward_passes"]

@@ -28,6 +28,8 @@ from mtlrun.trainer.outputs import MetricsWriter, atomic_write
 from mtlrun.trainer.state import TrainState
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from mtlrun.trainer.setup import Setup
 
 CHECKPOINT = "checkpoint.pt"
@@ -37,10 +39,11 @@ BEST_MODEL = "best_model.pt"
 class Checkpoints:
     """When and where checkpoints are written (``trainer.checkpoint*`` keys)."""
 
-    def __init__(self, folder: Path, enabled: bool, every: int, minutes: float | None) -> None:
+    def __init__(self, folder: Path, trainer: DictConfig) -> None:
         self.folder = folder
-        self.enabled = enabled
-        self.every = every
+        self.enabled = trainer.checkpoint
+        self.every = trainer.checkpoint_every
+        minutes = trainer.checkpoint_minutes
         self.seconds = None if minutes is None else 60.0 * minutes
         self._last = time.monotonic()
 
@@ -77,6 +80,7 @@ def save(path: Path, s: Setup, state: TrainState) -> None:
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
             "engine": s.engine.state_dict(),
+            "diagnostics": s.diagnostics.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -102,7 +106,7 @@ def load(path: Path) -> dict:
             f"{str(err).splitlines()[0][:200]}); it may be truncated or another file. Start the run again, "
             "or resume from a copy of the folder that has a good checkpoint.pt"
         ) from None
-    missing = {"model", "weighting", "optimizer", "engine", "rng", "state"} - set(
+    missing = {"model", "weighting", "optimizer", "engine", "diagnostics", "rng", "state"} - set(
         saved if isinstance(saved, dict) else ()
     )
     if missing:
@@ -123,6 +127,7 @@ def restore(saved: dict, s: Setup, folder: Path) -> TrainState:
         if s.scheduler is not None and saved["scheduler"] is not None:
             s.scheduler.load_state_dict(saved["scheduler"])
         s.engine.load_state_dict(saved["engine"])
+        s.diagnostics.load_state_dict(saved["diagnostics"])
         state = TrainState.from_dict(saved["state"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(

@@ -11,22 +11,15 @@ the run as interrupted and stops; ``mtlrun resume=<folder>`` continues it exactl
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
-import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping
 from itertools import islice
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mtlrun import rundir, schema, signals
 from mtlrun.errors import ConfigError
@@ -35,10 +28,10 @@ from mtlrun.trainer import checkpoint
 from mtlrun.trainer.checkpoint import BEST_MODEL, CHECKPOINT, Checkpoints
 from mtlrun.trainer.evaluate import evaluate
 from mtlrun.trainer.outputs import MetricsWriter, atomic_write_text, keep_metric_rows, remove_temporary_files
+from mtlrun.trainer.progress import EpochBar
 from mtlrun.trainer.report import results_table
 from mtlrun.trainer.setup import Setup, describe, setup
 from mtlrun.trainer.state import EpochProgress, TrainState
-from mtlrun.trainer.step import train_step
 from mtlrun.trainer.summary import RunRecord
 
 log = logging.getLogger("mtlrun")
@@ -47,50 +40,33 @@ CONFIG_FILE = "config.yaml"
 METRICS = "metrics.csv"
 
 
-def make_progress(enabled: bool) -> Progress | None:
-    """A transient per-epoch bar on stderr; none when disabled or when stderr is not a terminal (CI, logs)."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        return None
-    return Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(),
-        transient=True,
-        console=console,
-    )
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Train and evaluate as ``cfg`` says, writing into ``out_dir``; returns the summary. With ``cfg.resume``,
     continue that run from its checkpoint, in ``out_dir`` itself when it is the run's own folder."""
     schema.validate(cfg)
     rundir.lock(out_dir)  # one process per run folder
     source = Path(cfg.resume) if cfg.resume else None
-    record = RunRecord(out_dir, rundir.read_summary(source) or {} if source else {})
+    record = RunRecord.continuing(out_dir, source)
     try:
-        with signals.watched(), ending_recorded(record, cfg.trainer.checkpoint) as ending:
-            return train_and_evaluate(cfg, out_dir, source, record, ending)
+        with signals.watched(), record.ending(checkpointed=cfg.trainer.checkpoint):
+            return train_and_evaluate(cfg, source, record)
     finally:
         remove_temporary_files(out_dir)
         rundir.release(out_dir)
 
 
-def train_and_evaluate(
-    cfg: DictConfig, out_dir: Path, source: Path | None, record: RunRecord, ending: Ending
-) -> dict:
+def train_and_evaluate(cfg: DictConfig, source: Path | None, record: RunRecord) -> dict:
     """The recipe: record the start, build everything, restore a resumed run, train, record the end."""
+    out_dir = record.folder
     in_place = source is not None and source.resolve() == out_dir.resolve()
     if not in_place:  # a new folder: its config and status come first, so even a kill now leaves them
-        begin(cfg, out_dir, record)
+        begin(cfg, record)
     s = setup(cfg)
-    state = ending.state = resume_state(s, source, out_dir, cfg.trainer.epochs) if source else TrainState()
+    state = record.state = resume_state(s, source, out_dir, cfg.trainer.epochs) if source else TrainState()
     if in_place:  # the run's own folder changes only once the resume is sure to start
-        begin(cfg, out_dir, record, resumed_at=state)
+        begin(cfg, record, resumed_at=state)
     elif source:
-        record.fields["resumes"].append(_resume_entry(source, state))
+        record.add_resume(source, state)
     s.data.save_preprocessing(out_dir)  # e.g. preprocessing.json of data=tabular, for predicting later
     record.write(
         **describe(s),
@@ -98,57 +74,16 @@ def train_and_evaluate(
         higher_is_better=_directions(s),
         provenance=provenance(s.device),
     )
-    checkpoints = Checkpoints(
-        out_dir, cfg.trainer.checkpoint, cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_minutes
-    )
+    checkpoints = Checkpoints(out_dir, cfg.trainer)
     with MetricsWriter(out_dir / METRICS) as writer:
         train(cfg.trainer, s, state, writer, checkpoints, record)
-    return finish(cfg.trainer, s, state, out_dir, record)
+    return finish(cfg.trainer, s, state, record)
 
 
-@dataclass
-class Ending:
-    """What the end of a run is told: the training state, once there is one."""
-
-    state: TrainState | None = None
-
-
-@contextlib.contextmanager
-def ending_recorded(record: RunRecord, checkpointed: bool) -> Iterator[Ending]:
-    """Record how a run ends other than completed: interrupted by a stop signal (and how to continue), or
-    failed with the error. (A resume that never started leaves its folder's record as it was.)"""
-    ending = Ending()
-    try:
-        yield ending
-    except (signals.Interrupted, KeyboardInterrupt) as err:
-        stop = (
-            err if isinstance(err, signals.Interrupted) else signals.Interrupted(signal.SIGINT, at_once=True)
-        )
-        record.end("interrupted", signal=signals.name(stop.signum), error=None)
-        log.warning(_interrupted_message(stop, ending.state, checkpointed, record.path.parent))
-        raise stop from None
-    except BaseException as err:
-        record.end("failed", error=f"{type(err).__name__}: {err}")
-        raise
-
-
-def begin(cfg: DictConfig, out_dir: Path, record: RunRecord, resumed_at: TrainState | None = None) -> None:
+def begin(cfg: DictConfig, record: RunRecord, resumed_at: TrainState | None = None) -> None:
     """Write the run's config.yaml and its first summary.json (status running)."""
-    atomic_write_text(out_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    record.active = True
-    resumes = list(record.fields.get("resumes") or [])
-    if resumed_at is not None:
-        resumes.append(_resume_entry(out_dir, resumed_at))
-    record.write(
-        status="running",
-        error=None,
-        signal=None,
-        name=cfg.name,
-        seed=cfg.seed,
-        output_dir=str(out_dir),
-        pid=os.getpid(),  # the process training this run (to signal it)
-        resumes=resumes,  # each resume: the folder it continued and from which epoch and step
-    )
+    atomic_write_text(record.folder / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    record.begin(cfg, resumed_at)
 
 
 def resume_state(s: Setup, source: Path, out_dir: Path, epochs: int) -> TrainState:
@@ -184,15 +119,11 @@ def train(
     record: RunRecord,
 ) -> None:
     """The loop: train an epoch, evaluate when due (selecting on validation), checkpoint when due."""
-    progress = make_progress(trainer.progress)
     log.info(
         "training %s with %s weighting on %s: %d epochs x %d steps",
-        type(s.model).__name__,
-        type(s.weighting).__name__,
-        s.device,
-        trainer.epochs,
-        s.steps_per_epoch,
+        *(type(s.model).__name__, type(s.weighting).__name__, s.device, trainer.epochs, s.steps_per_epoch),
     )
+    bar = EpochBar(trainer.progress)
 
     def between_steps() -> None:  # where a signal stops the run, and where time-based checkpoints go
         if signals.received() or checkpoints.due_mid_epoch():
@@ -201,14 +132,14 @@ def train(
 
     s.model.train()
     for epoch in range(state.epoch + 1, trainer.epochs + 1):
-        train_rows = train_epoch(s, trainer, epoch, state, progress, between_steps)
-        writer.write(epoch, state.step, "train", train_rows)
+        rows = train_epoch(s, trainer, epoch, state, bar, between_steps)
+        writer.write(epoch, state.step, "train", rows)
         new_best = False
         if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
-            new_best = evaluate_and_select(s, trainer, epoch, state, writer, train_rows)
+            new_best = evaluate_and_select(s, trainer, epoch, state, writer, rows)
         if checkpoints.due_after_epoch(epoch, trainer.epochs, new_best) or signals.received():
             checkpoints.write(s, state, writer, new_best)
-        record.write(**_progress_fields(state, s))
+        record.progress(s, state)
         stop_if_signalled()
 
 
@@ -217,68 +148,35 @@ def train_epoch(
     trainer: DictConfig,
     epoch: int,
     state: TrainState,
-    progress: Progress | None,
+    bar: EpochBar,
     between_steps: Callable[[], None],
 ) -> dict:
     """One pass over the training split (or the rest of it, resumed from a checkpoint in its middle).
-    Returns the rows for metrics.csv: {task: {"loss": mean loss, "weight": mean weight}}, {"a~b":
-    {"grad_cosine": mean}} for sampled task-gradient cosines, and {"all": {"time_per_step_s": ...}}."""
+    Returns the rows for metrics.csv: {task: {"loss": mean loss, "weight": mean weight}}, the step
+    diagnostics ({"a~b": {"grad_cosine": mean}}, {"model": {"penalty": mean}}) and {"all":
+    {"time_per_step_s": ...}}."""
     done = state.current
-    if done.shuffle_state is None:  # a new epoch: keep how its batch order is drawn, for a checkpoint in it
-        done.shuffle_state = s.shuffle.get_state()
-        done.loss_sums = torch.zeros(len(s.tasks), device=s.device)
-        done.weight_sums = torch.zeros(len(s.tasks), device=s.device)
-    else:  # resumed in the middle: draw the same order again, skip the batches already trained
-        s.shuffle.set_state(done.shuffle_state)
-        done.loss_sums, done.weight_sums = done.loss_sums.to(s.device), done.weight_sums.to(s.device)
+    done.start(s.shuffle, len(s.tasks), s.device)
     order = s.data.batches("train", trainer.batch_size, shuffle=True, generator=s.shuffle)
     clock = time.perf_counter() - done.time_s
-    with progress or contextlib.nullcontext():
-        bar = (
-            progress.add_task(
-                "",
-                total=s.steps_per_epoch,
-                completed=done.batches,
-                epoch=f"{epoch}/{trainer.epochs}",
-                loss=0.0,
-            )
-            if progress
-            else None
-        )
+    with bar.epoch(f"{epoch}/{trainer.epochs}", s.steps_per_epoch, done.batches) as advance:
         for batch in islice(order, done.batches, s.steps_per_epoch):
             done.time_s = time.perf_counter() - clock
             between_steps()
-            losses, objective = train_step(
-                s.forward,
-                batch,
-                s.tasks,
-                s.engine,
-                s.optimizer,
-                s.scheduler,
-                trainer.grad_clip,
-                s.autocast,
-                where=(epoch, state.step),
-            )
+            losses, objective = s.step(batch, where=(epoch, state.step))
             state.step += 1
-            done.batches += 1
-            done.loss_sums += losses
-            done.weight_sums += s.weighting.last_weights.to(s.device)
-            if bar is not None:
-                progress.update(bar, advance=1, loss=float(objective))
+            done.add(losses, s.weighting.last_weights)
+            advance(float(objective))
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
-    mean_losses = done.loss_sums / s.steps_per_epoch
+    mean_losses, mean_weights = done.means(s.steps_per_epoch)
     s.weighting.on_epoch_end(epoch, mean_losses)
-    mean_weights = (done.weight_sums / s.steps_per_epoch).tolist()
-    rows: dict[str, dict[str, float]] = {
+    rows = {
         name: {"loss": loss, "weight": w}
-        for name, loss, w in zip(s.tasks, mean_losses.tolist(), mean_weights, strict=True)
+        for name, loss, w in zip(s.tasks, mean_losses.tolist(), mean_weights.tolist(), strict=True)
     }
-    rows |= {pair: {"grad_cosine": value} for pair, value in s.engine.pop_cosines().items()}
-    if penalty := s.engine.pop_penalty():
-        rows["model"] = penalty
     seconds = time.perf_counter() - clock
-    rows["all"] = {"time_per_step_s": seconds / s.steps_per_epoch}
+    rows |= s.diagnostics.pop_rows() | {"all": {"time_per_step_s": seconds / s.steps_per_epoch}}
     state.train_time_s += seconds
     state.epoch, state.current = epoch, EpochProgress()
     return rows
@@ -313,9 +211,9 @@ def evaluate_and_select(
     return new_best
 
 
-def finish(trainer: DictConfig, s: Setup, state: TrainState, out_dir: Path, record: RunRecord) -> dict:
+def finish(trainer: DictConfig, s: Setup, state: TrainState, record: RunRecord) -> dict:
     """Record the run as completed, log the selected epoch's table, draw its curves."""
-    record.write(**_progress_fields(state, s), status="completed")
+    record.complete(s, state)
     log.info(
         "results at epoch %s (selected on validation %s):\n%s",
         state.best_epoch,
@@ -325,51 +223,14 @@ def finish(trainer: DictConfig, s: Setup, state: TrainState, out_dir: Path, reco
         ),
     )
     if trainer.plots:
-        _plot_curves(out_dir)
-    log.info("outputs in %s", out_dir)
+        _plot_curves(record.folder)
+    log.info("outputs in %s", record.folder)
     return record.fields
 
 
 def stop_if_signalled() -> None:
     if (signum := signals.received()) is not None:
         raise signals.Interrupted(signum)
-
-
-def _interrupted_message(
-    stop: signals.Interrupted, state: TrainState | None, checkpointed: bool, out_dir: Path
-) -> str:
-    where = "before training started" if state is None else f"at epoch {state.epoch + 1}, step {state.step}"
-    if not checkpointed:
-        saved = "trainer.checkpoint=false, so resume starts it over"
-    elif stop.at_once:
-        saved = "stopped at once: resume continues from the last checkpoint"
-    else:
-        saved = "checkpoint written"
-    return f"interrupted by {signals.name(stop.signum)} {where} ({saved}); continue with: mtlrun resume={out_dir}"
-
-
-def _resume_entry(source: Path, state: TrainState) -> dict:
-    return {
-        "from": str(source),
-        "epoch": state.epoch,
-        "step": state.step,
-        "time": datetime.now().isoformat(timespec="seconds"),
-    }
-
-
-def _progress_fields(state: TrainState, s: Setup) -> dict:
-    return {
-        "epochs_completed": state.epoch,
-        "steps": state.step,
-        "best_epoch": state.best_epoch,
-        "monitor_value": state.best_value,
-        "val": state.best_val,
-        "test": state.best_test,
-        "train_time_s": state.train_time_s,
-        "time_per_step_s": state.train_time_s / max(state.step, 1),
-        "backward_passes_per_step": s.engine.passes_per_step(),
-        "weighting_state": s.weighting.summary(),
-    }
 
 
 def _directions(s: Setup) -> dict[str, bool]:

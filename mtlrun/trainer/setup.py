@@ -20,7 +20,9 @@ from mtlrun.instantiate import build, resolve_target
 from mtlrun.optim.groups import ParamGroup, build_param_groups, optimizer_param_groups
 from mtlrun.tasks import Task, build_tasks
 from mtlrun.trainer.backward import BackwardEngine
+from mtlrun.trainer.diagnostics import StepDiagnostics
 from mtlrun.trainer.state import Monitor
+from mtlrun.trainer.step import train_step
 from mtlrun.weighting.base import Weighting
 
 log = logging.getLogger("mtlrun")
@@ -141,6 +143,7 @@ class Setup:
     model: MTLModel
     weighting: Weighting
     engine: BackwardEngine  # per-task losses -> gradients, for both families of weighting methods
+    diagnostics: StepDiagnostics  # gradient cosines and the model's penalty, averaged per epoch
     groups: list[ParamGroup]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
@@ -150,6 +153,22 @@ class Setup:
     autocast: torch.autocast | None
     forward: Callable  # the model, or its torch.compile'd version
     warnings: list[str]  # what the run should know about its settings (logged, and kept in summary.json)
+    grad_clip: float | None = None  # the maximum norm of all gradients together (trainer.grad_clip)
+
+    def step(self, batch: dict, where: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on ``batch`` (``where``: epoch and step, for error messages); returns the [T]
+        task losses and the scalar objective, detached."""
+        return train_step(
+            self.forward,
+            batch,
+            self.tasks,
+            self.engine,
+            self.optimizer,
+            self.scheduler,
+            self.grad_clip,
+            self.autocast,
+            where=where,
+        )
 
 
 def setup(cfg: DictConfig) -> Setup:
@@ -160,7 +179,8 @@ def setup(cfg: DictConfig) -> Setup:
     data = setup_data(cfg, tasks, device)
     model = setup_model(cfg, tasks, data, device)
     weighting, warnings = setup_weighting(cfg, tasks, model, device)
-    engine = BackwardEngine(model, weighting, trainer.grad_cosine_every, trainer.grad_cosine_for_loss_based)
+    diagnostics = StepDiagnostics(list(tasks), trainer.grad_cosine_every)
+    engine = BackwardEngine(model, weighting, diagnostics, trainer.grad_cosine_for_loss_based)
     groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
     optimizer = setup_optimizer(cfg, groups)
     steps_per_epoch = min(
@@ -173,6 +193,7 @@ def setup(cfg: DictConfig) -> Setup:
         model=model,
         weighting=weighting,
         engine=engine,
+        diagnostics=diagnostics,
         groups=groups,
         optimizer=optimizer,
         scheduler=setup_scheduler(cfg, optimizer, steps_per_epoch * trainer.epochs),
@@ -184,6 +205,7 @@ def setup(cfg: DictConfig) -> Setup:
         else None,
         forward=torch.compile(model) if trainer.compile else model,
         warnings=warnings,
+        grad_clip=trainer.grad_clip,
     )
 
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from mtlrun.errors import ConfigError
@@ -56,6 +57,27 @@ class EpochProgress:
     loss_sums: Tensor | None = None  # [T] task losses summed over those batches
     weight_sums: Tensor | None = None  # [T] task weights summed over those batches
     time_s: float = 0.0  # training time spent in this epoch
+
+    def start(self, shuffle: torch.Generator, num_tasks: int, device: torch.device) -> None:
+        """Begin the epoch: a new one keeps how its batch order is drawn (for a checkpoint in it); one resumed
+        in its middle draws the same order again, and the loop skips the batches already trained."""
+        if self.shuffle_state is None:
+            self.shuffle_state = shuffle.get_state()
+            self.loss_sums = torch.zeros(num_tasks, device=device)
+            self.weight_sums = torch.zeros(num_tasks, device=device)
+        else:
+            shuffle.set_state(self.shuffle_state)
+            self.loss_sums, self.weight_sums = self.loss_sums.to(device), self.weight_sums.to(device)
+
+    def add(self, losses: Tensor, weights: Tensor) -> None:
+        """One more batch trained, with these [T] task losses and weights."""
+        self.batches += 1
+        self.loss_sums += losses
+        self.weight_sums += weights.to(self.loss_sums.device)
+
+    def means(self, steps: int) -> tuple[Tensor, Tensor]:
+        """The [T] mean task losses and weights over the epoch's ``steps`` batches."""
+        return self.loss_sums / steps, self.weight_sums / steps
 
 
 @dataclass

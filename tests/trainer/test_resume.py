@@ -24,6 +24,7 @@ from hydra.utils import get_class
 from mtlrun import signals
 from mtlrun.errors import ConfigError
 from mtlrun.trainer import runner
+from mtlrun.trainer import setup as setup_steps  # where the loop's train_step is looked up
 
 SMOKE = ["debug=smoke", "trainer.epochs=3"]  # 3 epochs x 3 steps
 
@@ -43,7 +44,7 @@ def summary(folder: Path) -> dict:
 
 def signal_after_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGTERM) -> None:
     """The process sends itself ``signum`` right after training step ``step`` (0: during setup)."""
-    original = runner.train_step
+    original = setup_steps.train_step
     count = itertools.count(1)
     if step == 0:
         setup = runner.setup
@@ -61,7 +62,7 @@ def signal_after_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = 
             os.kill(os.getpid(), signum)
         return result
 
-    monkeypatch.setattr(runner, "train_step", step_then_signal)
+    monkeypatch.setattr(setup_steps, "train_step", step_then_signal)
 
 
 def interrupted_and_resumed(
@@ -139,7 +140,7 @@ def test_a_second_signal_stops_at_once_and_resume_continues_from_the_last_checkp
     full.mkdir()
     stopped.mkdir()
     runner.run(compose_cfg(SMOKE), full)
-    original = runner.train_step
+    original = setup_steps.train_step
     count = itertools.count(1)
 
     def two_signals_in_step_five(*args, **kwargs):
@@ -148,11 +149,11 @@ def test_a_second_signal_stops_at_once_and_resume_continues_from_the_last_checkp
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_step", two_signals_in_step_five)
+    monkeypatch.setattr(setup_steps, "train_step", two_signals_in_step_five)
     monkeypatch.setattr(signals, "DUPLICATE_WITHIN_S", 0.0)  # a person's second Ctrl-C, not a duplicate
     with pytest.raises(signals.Interrupted) as stop:
         runner.run(compose_cfg(SMOKE), stopped)
-    monkeypatch.setattr(runner, "train_step", original)
+    monkeypatch.setattr(setup_steps, "train_step", original)
     assert stop.value.at_once and stop.value.exit_code == 130
     assert summary(stopped)["status"] == "interrupted" and summary(stopped)["signal"] == "SIGINT"
     assert summary(stopped)["epochs_completed"] == 1  # the last checkpoint: end of epoch 1
@@ -235,7 +236,7 @@ def test_the_same_signal_twice_within_a_second_counts_once(
 ) -> None:
     """A cluster signals every process while a launcher forwards the signal too: the job still finishes its
     step and writes a checkpoint, as for one signal."""
-    original = runner.train_step
+    original = setup_steps.train_step
     count = itertools.count(1)
 
     def one_stop_delivered_twice(*args, **kwargs):
@@ -244,7 +245,7 @@ def test_the_same_signal_twice_within_a_second_counts_once(
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_step", one_stop_delivered_twice)
+    monkeypatch.setattr(setup_steps, "train_step", one_stop_delivered_twice)
     with pytest.raises(signals.Interrupted) as stop:
         runner.run(compose_cfg(SMOKE), tmp_path)
     assert not stop.value.at_once and stop.value.exit_code == 143

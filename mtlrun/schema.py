@@ -20,12 +20,13 @@ from enum import Enum
 from typing import Any, Dict, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 
-def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, null: str | None = None) -> Any:
+def ranged(*, ge: float | None = None, gt: float | None = None, null: str | None = None) -> Any:
     """A field whose value must be ``>= ge`` (or ``> gt``); ``null`` says what null means where it is allowed.
-    :func:`validate` checks it and names the key and the range in its message."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "null": null})
+    :func:`validate` checks it and names the key and the range in its message. Its default is the YAML's."""
+    return field(default=MISSING, metadata={"ge": ge, "gt": gt, "null": null})
 
 
 class TaskKind(str, Enum):
@@ -71,28 +72,30 @@ class TaskConfig:
     standardize: bool = False  # regression, data=tabular: train standardised, metrics in original units
 
 
+# The schema owns the types and ranges; the YAML files own the defaults (conf/trainer/default.yaml,
+# conf/config.yaml), so every key here is MISSING until a YAML or the command line gives it a value.
 @dataclass
 class TrainerConfig:
-    epochs: int = ranged(10, ge=1)
-    batch_size: int = ranged(256, ge=1)
-    eval_batch_size: int = ranged(2048, ge=1)
-    device: Device = Device.auto
-    precision: Precision = Precision.fp32
-    compile: bool = False
-    deterministic: bool = False
-    grad_clip: Optional[float] = ranged(None, gt=0, null="no clipping")
-    grad_cosine_every: int = ranged(50, ge=0)
-    grad_cosine_for_loss_based: bool = False
-    monitor: str = "loss"
-    select: Select = Select.best
-    eval_every: int = ranged(1, ge=1)
-    limit_train_batches: Optional[int] = ranged(None, ge=1, null="every batch")
-    limit_eval_batches: Optional[int] = ranged(None, ge=1, null="every batch")
-    progress: bool = True
-    checkpoint: bool = True
-    checkpoint_every: int = ranged(1, ge=1)
-    checkpoint_minutes: Optional[float] = ranged(None, gt=0, null="no time-based checkpoints")
-    plots: bool = True
+    epochs: int = ranged(ge=1)
+    batch_size: int = ranged(ge=1)
+    eval_batch_size: int = ranged(ge=1)
+    device: Device = MISSING
+    precision: Precision = MISSING
+    compile: bool = MISSING
+    deterministic: bool = MISSING
+    grad_clip: Optional[float] = ranged(gt=0, null="no clipping")
+    grad_cosine_every: int = ranged(ge=0)
+    grad_cosine_for_loss_based: bool = MISSING
+    monitor: str = MISSING
+    select: Select = MISSING
+    eval_every: int = ranged(ge=1)
+    limit_train_batches: Optional[int] = ranged(ge=1, null="every batch")
+    limit_eval_batches: Optional[int] = ranged(ge=1, null="every batch")
+    progress: bool = MISSING
+    checkpoint: bool = MISSING
+    checkpoint_every: int = ranged(ge=1)
+    checkpoint_minutes: Optional[float] = ranged(gt=0, null="no time-based checkpoints")
+    plots: bool = MISSING
 
 
 @dataclass
@@ -104,15 +107,15 @@ class OptimConfig:
 
 @dataclass
 class ObjectiveConfig:
-    metric: ObjectiveMetric = ObjectiveMetric.monitor  # what a run returns to a sweeper (mtlrun/objective.py)
-    baseline: Optional[str] = None  # delta_m: the single-task run or sweep folder to compare with
+    metric: ObjectiveMetric = MISSING  # what a run returns to a sweeper (mtlrun/objective.py)
+    baseline: Optional[str] = MISSING  # delta_m: the single-task run or sweep folder to compare with
 
 
 @dataclass
 class MtlrunConfig:
-    seed: int = ranged(0, ge=0)
-    name: str = "default"
-    resume: Optional[str] = None
+    seed: int = ranged(ge=0)
+    name: str = MISSING
+    resume: Optional[str] = MISSING
     data: Any = None
     encoder: Any = None
     architecture: Any = None
@@ -166,6 +169,14 @@ def validate(cfg: Any) -> None:
         }
 
     unresolved = plain(resolve=False)
+    missing = sorted(OmegaConf.missing_keys(OmegaConf.create(unresolved)))
+    if missing:
+        from mtlrun.errors import ConfigError
+
+        raise ConfigError(
+            f"{missing[0]}: no value (its default lives in the shipped YAML of its group, e.g. "
+            f"conf/trainer/default.yaml); give one on the command line ({missing[0]}=...) or in your config"
+        )
     tasks = unresolved.pop("tasks", None) or {}
     _merge_into(MtlrunConfig, unresolved, "")
     for name, spec in tasks.items():

@@ -1,16 +1,16 @@
 """The model contract shared by every architecture.
 
-* ``forward(batch) -> {task: prediction}`` (raw outputs: logits for classifiers, values for regression).
-* ``parameter_roles()`` says, for every parameter, which part of the design it belongs to (``trunk``,
-  ``head`` or ``mixing``) and which task owns it (``None``: shared by every task). The optimizer groups
-  follow the part (trunk -> ``shared``, head -> ``heads``/``heads.<task>``, mixing -> ``mixing``); the
+* `forward(batch) -> {task: prediction}` (raw outputs: logits for classifiers, values for regression).
+* `parameter_roles()` says, for every parameter, which part of the design it belongs to (`trunk`,
+  `head` or `mixing`) and which task owns it (`None`: shared by every task). The optimizer groups
+  follow the part (trunk -> `shared`, head -> `heads`/`heads.<task>`, mixing -> `mixing`); the
   per-task gradient engine differentiates only the parameters no task owns.
-* ``shared_representation`` holds the features every task reads in the last forward pass, for
-  architectures that have one (``has_representation``); gradient methods may differentiate against it.
-* ``penalty()`` returns the design's regularisation term for the last forward pass (soft sharing's
+* `shared_representation` holds the features every task reads in the last forward pass, for
+  architectures that have one (`has_representation`); gradient methods may differentiate against it.
+* `penalty()` returns the design's regularisation term for the last forward pass (soft sharing's
   distance between columns, sluice's orthogonality), or None. The runner adds it to the objective (its
-  gradient is never balanced by a weighting method) and logs it as the ``model/penalty`` row.
-* ``diagnostics()`` returns statistics gathered during the last evaluation pass ({task: {name: value}},
+  gradient is never balanced by a weighting method) and logs it as the `model/penalty` row.
+* `diagnostics()` returns statistics gathered during the last evaluation pass ({task: {name: value}},
   e.g. the mean expert usage of each task's gate); the runner writes them next to the split's metrics.
 """
 
@@ -36,7 +36,7 @@ class ParamRole:
 
 
 class MTLModel(nn.Module):
-    """Base class: subclasses build their modules, implement ``forward`` and ``parameter_roles``."""
+    """Base class: subclasses build their modules, implement `forward` and `parameter_roles`."""
 
     has_representation: bool = False
     # True where the tasks do not interact at all (one network per task): such runs are the single-task

@@ -2,39 +2,45 @@
 Learning", CVPR): one encoder column per task; after chosen stages, a learned linear mix of the tasks'
 activations feeds every column's next stage.
 
-With x_s the output of the stage in task s's column, a cross-stitch unit computes, for every task t,
+**The unit.** With x_s the output of a stage in task s's column, a cross-stitch unit computes, for
+every task t,
 
-    x̃_t = Σ_s α[t, s] x_s                      (``mode: scalar``, α ∈ R^{T×T}, the paper's unit)
-    x̃_t[:, c] = Σ_s α[t, s, c] x_s[:, c]       (``mode: channel``, one α per channel c: the conv channel
-                                                 of a CNN stage [N, C, H, W], the feature of an MLP stage)
+- `mode: scalar` (the paper's unit; α is a T×T matrix): x̃_t = Σ_s α[t, s] · x_s;
+- `mode: channel` (one α per channel c; α is T×T×C): x̃_t[:, c] = Σ_s α[t, s, c] · x_s[:, c], where
+  c is the convolution channel of a CNN stage [N, C, H, W] or the feature of an MLP stage [N, C];
 
-and column t's next stage (or task t's head, after the last stage) reads x̃_t.
+and column t's next stage (after the last stage: task t's head) reads x̃_t.
 
-Design choices, from the paper:
+**Config keys.**
 
-* **Where** (``after_stages``, default ``all``): Misra et al. stitch two AlexNets after every pooling and
-  fully connected layer (pool1, pool2, pool5, fc6, fc7), that is after every block of the network except
-  the task's output layer. Our encoders' stages end in a pooling layer (CNN) or a fully connected layer
-  (MLP), and the heads play the output layer's part, so the default stitches after every stage, the last
-  (the representation each head reads) included. A list of stage indices (negative from the end) picks
-  fewer.
-* **Initialisation** (``init_self``, default 0.9): α[t, t] = init_self and the rest, 1 − init_self, is
-  shared out equally over the other T − 1 tasks, so every row sums to 1: each x̃_t is a convex
-  combination of the columns' activations with the same scale as its inputs (the paper's argument for
-  initialising in [0, 1]); (0.9, 0.1) was the paper's best setting for two tasks. ``init_self: 1.0``
-  starts from independent columns. With a single task, α = [[1]].
-* **Learning rate**: the paper found that α needs a learning rate 10²–10³ times the base one (plain SGD);
-  α trains in the ``mixing`` optimizer group, so ``optim.groups.mixing.lr`` sets it
-  (conf/experiment/cross_stitch.yaml).
+- `after_stages`: the stages followed by a unit: `all`, or a list of indices into the encoder's
+  `stages` (negative ones count from the end).
+- `mode`: `scalar` or `channel`, as above.
+- `init_self`: α[t, t] at the start, in [0, 1]; the rest of each row, 1 − `init_self`, is shared out
+  equally over the other T − 1 tasks, so every row sums to 1 and each x̃_t starts as a convex
+  combination of the columns with the scale of its inputs (the paper's argument for initialising in
+  [0, 1]; (0.9, 0.1) was its best setting for two tasks). `init_self: 1.0` starts from independent
+  columns. With a single task, α = [[1]].
 
-Roles. The α parameters are ``mixing`` and shared (task None): every task's loss moves them. The columns
-are part ``trunk`` (optimizer group ``shared``) and also shared, not owned by their task: through α, task
-t's loss reaches every column's earlier stages (column s, wherever α[t, s] ≠ 0 upstream), so gradient-based
-weighting methods must treat them as shared parameters. Heads are owned by their task.
+**Parameter roles.** The α of every unit: part `mixing`, shared by all tasks (every task's loss moves
+them). The paper found that α needs a learning rate 10² to 10³ times the base one (under plain SGD);
+α trains in the `mixing` optimizer group, so `optim.groups.mixing.lr` sets it apart from the columns'.
+The columns: part `trunk` (optimizer group `shared`), shared rather than owned by their task, because
+through α task t's loss reaches the earlier stages of every column s wherever α[t, s] ≠ 0 upstream;
+gradient-based weighting methods must treat them as shared. The heads: part `head`, owned by their
+task.
 
 There is no single shared representation: each task reads its own stitched features
-(``has_representation = False``), so gradient methods use ``grad_source=shared_params``.
-``diagnostics()`` reports each unit's mean self-weight α[t, t] (how task-specific each depth stays).
+(`has_representation` is false), so gradient methods use `grad_source=shared_params`. `diagnostics()`
+reports each unit's mean self-weight α[t, t] (how task-specific each depth stays) as
+`stitch<i>_self_weight`.
+
+**Departures from the paper.** Misra et al. stitch two AlexNets after every pooling and fully
+connected layer except the output layer (pool1, pool2, pool5, fc6, fc7). Here the encoder's stages
+end in a pooling layer (CNN) or a fully connected layer (MLP) and the heads play the output layer's
+part, so `after_stages: all` stitches after every stage, the last one (the features each head reads)
+included. The paper writes the unit for two tasks; here it mixes any number T. `mode: scalar` is the
+unit the paper evaluates; `channel` gives every channel its own α.
 """
 
 from __future__ import annotations
@@ -47,29 +53,22 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
-from mtlrun.architecture.soft_sharing import encoder_stages, select_stages
+from mtlrun.architecture.mixing import convex_init
+from mtlrun.encoder.stages import encoder_stages, select_stages
 from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
 MODES = ("scalar", "channel")
 
 
-def stitch_init(num_tasks: int, init_self: float) -> Tensor:
-    """[T, T]: init_self on the diagonal, 1 − init_self shared out over the rest of each row."""
-    if num_tasks == 1:
-        return torch.ones(1, 1)
-    alpha = torch.full((num_tasks, num_tasks), (1.0 - init_self) / (num_tasks - 1))
-    alpha.fill_diagonal_(init_self)
-    return alpha
-
-
 class CrossStitchUnit(nn.Module):
-    """Mixes the T columns' activations, stacked as [T, N, C, ...]; ``channels`` None means one α per pair
-    of tasks, else one per pair and channel (dimension 2 of the stacked activations)."""
+    """Mixes the T columns' activations, stacked as [T, N, C, ...]; `channels` None means one α per pair
+    of tasks, else one per pair and channel (dimension 2 of the stacked activations). Rows of α start as
+    `convex_init(T, init_self)`."""
 
     def __init__(self, num_tasks: int, init_self: float, channels: int | None = None) -> None:
         super().__init__()
-        alpha = stitch_init(num_tasks, init_self)
+        alpha = convex_init(num_tasks, init_self)
         if channels is not None:
             alpha = alpha.unsqueeze(-1).repeat(1, 1, channels)
         self.alpha = nn.Parameter(alpha)
@@ -86,8 +85,7 @@ class CrossStitchUnit(nn.Module):
 
 
 class CrossStitch(MTLModel):
-    """Task columns mixed by cross-stitch units (module docstring). No single shared representation: each
-    task reads its own stitched column."""
+    """Task columns mixed by cross-stitch units after chosen stages (module docstring)."""
 
     has_representation = False
 
@@ -133,8 +131,7 @@ class CrossStitch(MTLModel):
 
     def parameter_roles(self) -> dict[str, ParamRole]:
         prefixes = {"columns": ParamRole("trunk"), "stitch": ParamRole("mixing")}
-        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
-        return self.roles_by_prefix(prefixes)
+        return self.roles_by_prefix(prefixes | self.heads.roles("heads"))
 
     def diagnostics(self) -> dict[str, dict[str, float]]:
         return {"model": {f"stitch{i}_self_weight": unit.self_weight() for i, unit in self.stitch.items()}}

@@ -1,4 +1,17 @@
-"""Hard parameter sharing (Caruana 1997): one shared encoder (the trunk), one head per task."""
+"""Hard parameter sharing (Caruana 1997, "Multitask Learning", Machine Learning 28): one encoder, the
+trunk, shared by every task, and one head per task on top of it.
+
+Every task reads the trunk's output, which is the shared representation (`has_representation`), so
+gradient methods can differentiate against it.
+
+**Config keys.** None besides the encoder (`encoder=...`) and the heads (`heads`).
+
+**Parameter roles.** The trunk: part `trunk`, shared by all tasks (optimizer group `shared`). The
+heads: part `head`, each owned by its task.
+
+**Departures from the paper.** None: the paper's shared hidden layers are the injected encoder, its
+task outputs the heads.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +25,7 @@ from mtlrun.tasks import Task
 
 
 class HardSharing(MTLModel):
-    """Every task reads the trunk's output, which is the shared representation."""
+    """One shared encoder, the trunk, and one head per task (module docstring)."""
 
     has_representation = True
 
@@ -26,6 +39,4 @@ class HardSharing(MTLModel):
         return self.heads(self.shared_representation)
 
     def parameter_roles(self) -> dict[str, ParamRole]:
-        prefixes = {"trunk": ParamRole("trunk")}
-        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
-        return self.roles_by_prefix(prefixes)
+        return self.roles_by_prefix({"trunk": ParamRole("trunk")} | self.heads.roles("heads"))

@@ -1,14 +1,16 @@
 """Task heads: one small MLP per task, from a default spec with per-task overrides.
 
-Config (top-level ``heads``)::
+Config (top-level `heads`):
 
-    heads:
-      hidden: [64]          # default for every task
-      activation: ReLU
-      dropout: 0.0
-      sum: {hidden: [128, 64]}   # a per-task override (on the command line: +heads.sum.hidden=[128,64])
+```yaml
+heads:
+  hidden: [64]               # for every task
+  activation: ReLU
+  dropout: 0.0
+  sum: {hidden: [128, 64]}   # a per-task override (on the command line: +heads.sum.hidden=[128,64])
+```
 
-A task may read other tasks' estimates (``tasks.<b>.inputs_from: [a]``): its head then sees the features
+A task may read other tasks' estimates (`tasks.<b>.inputs_from: [a]`): its head then sees the features
 concatenated with task a's estimate (probabilities for classifiers, values for regression), detached by
 default so task b's loss never moves task a's parameters. Heads run in dependency order.
 """
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from mtlrun.architecture.base import ParamRole
 from mtlrun.encoder.layers import mlp
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task, topological_order
@@ -37,7 +40,7 @@ class HeadSpec:
 
 
 def resolve_head_specs(heads_cfg: Mapping, tasks: Mapping[str, Task]) -> dict[str, HeadSpec]:
-    """Per-task head specs: the defaults in ``heads`` updated by ``heads.<task>`` entries."""
+    """Per-task head specs: the defaults in `heads` updated by `heads.<task>` entries."""
     defaults = {}
     overrides: dict[str, dict] = {}
     for key, value in dict(heads_cfg or {}).items():
@@ -66,7 +69,7 @@ def resolve_head_specs(heads_cfg: Mapping, tasks: Mapping[str, Task]) -> dict[st
 
 
 class TaskHeads(nn.Module):
-    """The heads of all tasks; ``forward(features)`` returns each task's raw prediction."""
+    """The heads of all tasks; `forward(features)` returns each task's raw prediction."""
 
     def __init__(self, in_dim: int, tasks: Mapping[str, Task], heads_cfg: Mapping) -> None:
         super().__init__()
@@ -81,8 +84,13 @@ class TaskHeads(nn.Module):
                 in_dim + extra, list(spec.hidden), spec.activation, spec.dropout, task.out_dim
             )
 
+    def roles(self, prefix: str) -> dict[str, ParamRole]:
+        """The role of each task's head, keyed by parameter-name prefix, for a model that holds these heads
+        at attribute path `prefix`: every head is part `head`, owned by its task."""
+        return {f"{prefix}.heads.{t}": ParamRole("head", t) for t in self.tasks}
+
     def forward(self, features: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """``features``: one tensor all heads read, or a per-task dict (designs with task columns)."""
+        """`features`: one tensor all heads read, or a per-task dict (designs with task columns)."""
         out: dict[str, Tensor] = {}
         for name in self.order:
             task = self.tasks[name]

@@ -1,39 +1,49 @@
-"""Multi-gate Mixture-of-Experts (MMoE; Ma et al., KDD 2018) and its one-gate variant (OMoE).
+"""Multi-gate Mixture-of-Experts, MMoE (Ma, Zhao, Yi, Chen, Hong & Chi 2018, "Modeling Task Relationships
+in Multi-task Learning with Multi-gate Mixture-of-Experts", KDD), and its one-gate baseline OMoE
+(`architecture=omoe`, which sets `shared_gate: true`).
 
-E experts f_1..f_E, each a fresh encoder from the factory, read the input x. Task t has a gate
+**The gates.** E experts f_1 … f_E, each a fresh encoder from the factory, read the input x. Task t has
+a gate
 
-    w_t(x) = softmax(W_t u(x)),   W_t in R^{E x d}        (no bias, as in the paper's eq. 8)
+```text
+w_t(x) = softmax(W_t · u(x))
+```
 
-and its tower (the task head) reads the mixture h_t(x) = sum_e w_t(x)_e f_e(x), so y_t = tower_t(h_t(x)).
-u(x), the gate's input (``gate_input``), is
+with W_t an E×d matrix and no bias, as in the paper's gates. Task t's tower (its head) reads the
+mixture h_t(x) = Σ_e w_t(x)[e] · f_e(x), so y_t = tower_t(h_t(x)). OMoE has a single gate w(x) for
+every task, so every tower reads the same mixture h(x).
 
-* ``input`` (the paper): x flattened, d = its size. The model is built before it sees data, so d comes from
-  the encoder's ``in_shape`` (see :class:`InputFeatures`).
-* ``experts``: the expert outputs concatenated, [f_1(x), ..., f_E(x)] (d = E * D): gates that read learned
-  features rather than raw pixels.
+**Config keys.**
 
-OMoE (``shared_gate: true``) has a single gate w(x) for every task, so every tower reads the same mixture.
+- `num_experts`: E, at least 1.
+- `shared_gate`: `true` for OMoE's single gate, `false` for one gate per task (MMoE).
+- `gate_input`: what the gates read, u(x): `input`, x flattened (the paper; d is its size, taken from
+  the encoder's `in_shape` because the model is built before it sees data), or `experts`, the expert
+  outputs concatenated [f_1(x), …, f_E(x)] (d = E·D): gates that read learned features rather than
+  raw pixels.
 
-Roles: the experts are the shared trunk; the gate of task t is ``mixing`` owned by t (only task t's loss
-reaches it); OMoE's single gate is ``mixing`` shared by all; the towers are the heads.
+**Parameter roles.** The experts: part `trunk`, shared by all tasks. Task t's gate: part `mixing`,
+owned by task t (only its loss reaches it). OMoE's single gate: part `mixing`, shared. The towers: part
+`head`, owned by their task.
 
-Shared representation (the tensor through which every shared parameter reaches the losses):
+**Shared representation** (the tensor through which every shared parameter reaches the losses). MMoE:
+the expert outputs [N, E, D], flattened expert-major to [N, E·D] (columns e·D … (e+1)·D − 1 are expert
+e) because representations are [N, K] by contract; the gates mix views of that very tensor, so
+gradients with respect to it (`weighting.grad_source=representation`) are exact. OMoE: the mixture h(x)
+[N, D] that every tower reads (like hard sharing's trunk output); the shared gate lies below it.
 
-* MMoE: the expert outputs [N, E, D], flattened to [N, E * D] (expert-major: columns e*D..(e+1)*D-1 are
-  expert e) because representations are [N, K] by contract. The gates mix views of that very tensor, so
-  gradients with respect to it (``weighting.grad_source=representation``) are exact.
-* OMoE: the mixture h(x) [N, D], which every tower reads (like hard sharing's trunk output); the shared gate
-  lies below it.
+**Diagnostics.** During evaluation forwards each task's gate weights are averaged over the examples;
+the runner writes them as rows `<task>, expert_usage/<e>` (they sum to 1 per task), and the sums reset
+when read. `gate_weights` holds the last forward's weights, {task: [N, E]}.
 
-Diagnostics: during evaluation forwards, each task's gate weights are averaged over the examples; the
-runner writes them as rows ``<task>, expert_usage/<e>`` (they sum to 1 per task) and the sums reset when
-read. ``gate_weights`` holds the last forward's weights, {task: [N, E]}.
+**Departures from the paper.** The experts are whatever encoder the config injects (CNN, MLP or
+tabular) rather than the paper's feed-forward experts, and the towers are the configurable task heads.
+`gate_input: experts` is an addition.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -41,62 +51,16 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
+from mtlrun.architecture.mixing import InputFeatures, UsageMeter, mix
 from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
 GATE_INPUTS = ("input", "experts")
 
 
-class InputFeatures(nn.Module):
-    """The raw input as a gate reads it: x flattened to [N, d], with d from the encoder's ``in_shape``."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        shape = getattr(encoder, "in_shape", None)
-        if shape is None:
-            raise ConfigError(
-                f"architecture.gate_input=input: {type(encoder).__name__} does not say its input shape "
-                "(in_shape); use gate_input=experts"
-            )
-        self.shape = tuple(int(s) for s in shape)
-        self.out_dim = math.prod(self.shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.flatten(1)
-
-
-def mix(weights: Tensor, experts: Tensor) -> Tensor:
-    """sum_e weights[n, e] * experts[n, e, :]: [N, E] x [N, E, D] -> [N, D]."""
-    return torch.bmm(weights.unsqueeze(1).to(experts.dtype), experts).squeeze(1)
-
-
-class UsageMeter:
-    """Sums gate weights over evaluation examples; ``pop`` returns the mean weight of each expert and resets."""
-
-    def __init__(self) -> None:
-        self._sums: dict[tuple[str, str], Tensor] = {}
-        self._counts: dict[tuple[str, str], int] = {}
-        self._names: dict[tuple[str, str], list[str]] = {}
-
-    def add(self, row: str, prefix: str, names: Sequence[str], weights: Tensor) -> None:
-        key = (row, prefix)
-        total = weights.detach().float().sum(0)
-        self._sums[key] = total + self._sums[key] if key in self._sums else total
-        self._counts[key] = self._counts.get(key, 0) + weights.shape[0]
-        self._names[key] = list(names)
-
-    def pop(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for (row, prefix), total in self._sums.items():
-            means = (total / max(self._counts[(row, prefix)], 1)).tolist()
-            names = self._names[(row, prefix)]
-            out.setdefault(row, {}).update({f"{prefix}{n}": m for n, m in zip(names, means, strict=True)})
-        self._sums, self._counts, self._names = {}, {}, {}
-        return out
-
-
 class MMoE(MTLModel):
-    """E shared experts, one softmax gate per task (or one for all: OMoE), the task heads as towers."""
+    """Shared experts, one softmax gate per task or one for all (OMoE), the task heads as towers (module
+    docstring)."""
 
     has_representation = True
 
@@ -158,8 +122,7 @@ class MMoE(MTLModel):
     def parameter_roles(self) -> dict[str, ParamRole]:
         prefixes = {"experts": ParamRole("trunk"), "gate": ParamRole("mixing")}
         prefixes |= {f"gates.{t}": ParamRole("mixing", t) for t in self.tasks}
-        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
-        return self.roles_by_prefix(prefixes)
+        return self.roles_by_prefix(prefixes | self.heads.roles("heads"))
 
     def diagnostics(self) -> dict[str, dict[str, float]]:
         """Mean gate weight of each expert per task over the evaluation forwards since the last call."""

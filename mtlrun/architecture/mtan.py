@@ -1,35 +1,46 @@
-"""Multi-Task Attention Network, MTAN (Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention",
-CVPR 2019).
+"""Multi-Task Attention Network, MTAN (Liu, Johns & Davison 2019, "End-to-End Multi-Task Learning with
+Attention", CVPR): one shared backbone and, per task, one soft-attention module per encoder stage that
+selects from the shared features the ones the task needs.
 
-One shared backbone (one encoder) computes u_k, the output of stage k. Each task t has one soft-attention
-module per stage, which selects the features it needs from the shared ones:
+**Attention.** The backbone (one encoder) computes u_k, the output of stage k (k = 0 … K − 1). With
+m_t,k task t's attention module at stage k and f_k a shared feature extractor,
 
-    a_{t,0} = m_{t,0}(u_0)                     â_{t,0} = a_{t,0} ⊙ u_0
-    a_{t,k} = m_{t,k}([u_k ; f_k(â_{t,k-1})])   â_{t,k} = a_{t,k} ⊙ u_k      (k = 1 .. K-1)
+```text
+a_t,0 = m_t,0(u_0)                    â_t,0 = a_t,0 ⊙ u_0
+a_t,k = m_t,k([u_k ; f_k(â_t,k−1)])   â_t,k = a_t,k ⊙ u_k      (k = 1 … K − 1)
+```
 
-and task t's head reads â_{t,K-1}. The mask a_{t,k} ∈ (0, 1) has u_k's shape; [· ; ·] concatenates along
-features/channels.
+and task t's head reads â_t,K−1. The mask a_t,k lies in (0, 1) and has u_k's shape; [· ; ·]
+concatenates along features (channels for feature maps). When every mask is 1, each task reads the
+backbone's output: MTAN then reduces to hard sharing.
 
-* m_{t,k} (task t's attention module): for feature maps, conv1x1 → BN → ReLU → conv1x1 → BN → sigmoid, hidden
-  width = the stage's channels, as in the paper; for vectors (MLP stages, the CNN's last, flattening stage),
-  Linear → ReLU → Linear → sigmoid (no batch norm, like the MLP encoder). Weights are Xavier-normal, biases
-  zero, as in the authors' code.
-* f_k (the paper's shared feature extractor f, a 3x3 conv followed by pooling to the next block's size):
-  stage k of a second encoder built by the same factory, which maps stage k-1's shape to stage k's. For the
-  CNN encoder that is exactly conv3x3 → BN → ReLU → max-pool (and, for the last stage, flatten → linear);
-  for the MLP encoder it is the next Linear layer. f_k is shared by all tasks, as in the paper.
-* At this scale a stage is one layer, so the mask reads the stage output it multiplies (the paper's
-  SegNet reads a block's first conv and multiplies its second).
+- m_t,k: for feature maps, conv1×1 → batch norm → ReLU → conv1×1 → batch norm → sigmoid, the hidden
+  width being the stage's channels, as in the paper; for vectors (MLP stages, the CNN encoder's last,
+  flattening stage), Linear → ReLU → Linear → sigmoid, without batch norm, like the MLP encoder.
+  Weights are Xavier-normal and biases zero, as in the authors' code.
+- f_k, the paper's shared feature extractor (a 3×3 convolution followed by pooling to the next
+  block's size): stage k of a second encoder built by the same factory, which maps stage k − 1's shape
+  to stage k's. For the CNN encoder that is exactly conv3×3 → batch norm → ReLU → max-pool (for the
+  last stage, flatten → linear); for the MLP encoder, the next Linear layer. It is shared by all
+  tasks, as in the paper.
 
-When every mask is 1, each task's features are the backbone's output: MTAN then reduces to hard sharing.
+**Config keys.** None besides the encoder (`encoder=...`, one with stages of vectors [D] or feature
+maps [C, H, W], such as the CNN and MLP encoders) and the heads (`heads`).
 
-Roles: the backbone and the f_k are shared (part ``trunk``, task None, group ``shared``): every task's loss
-reaches them. Task t's attention modules are reached only by task t's loss, so task t owns them; they are
-sigmoid gates that select features, the role MMoE's gates play, so their part is ``mixing`` (group
-``mixing``, whose lr defaults to the optimizer's and can be tuned apart from the trunk).
+**Parameter roles.** The backbone and the f_k: part `trunk`, shared (optimizer group `shared`); every
+task's loss reaches them. Task t's attention modules: only task t's loss reaches them, so task t owns
+them; they are sigmoid gates that select features, the role MMoE's gates play, so their part is
+`mixing` (optimizer group `mixing`, whose learning rate can be tuned apart from the trunk's). The
+heads: part `head`, owned by their task.
 
-There is no shared representation (``has_representation`` False): tasks read attended features, which
-depend on every stage's output through the masks, so no single tensor carries all the shared gradient.
+There is no shared representation (`has_representation` is false): tasks read attended features,
+which depend on every stage's output through the masks, so no single tensor carries all the shared
+gradient. `diagnostics()` reports, per task, the mean mask of each stage over the evaluation pass
+(`mask_stage<k>`).
+
+**Departures from the paper.** At this scale a stage is one layer, so a mask reads the stage output
+it multiplies, where the paper's SegNet reads a block's first convolution and multiplies its second.
+The backbone is any staged encoder rather than the paper's SegNet or Wide Residual Network.
 """
 
 from __future__ import annotations
@@ -42,12 +53,13 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
+from mtlrun.encoder.stages import encoder_stages
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
 
 
 def attention_module(in_width: int, shape: tuple[int, ...]) -> nn.Sequential:
-    """A soft-attention mask generator from ``in_width`` features/channels to a mask of ``shape``."""
+    """A soft-attention mask generator from `in_width` features/channels to a mask of `shape`."""
     width = shape[0]
     if len(shape) == 3:
         layers = [
@@ -74,18 +86,17 @@ def attention_module(in_width: int, shape: tuple[int, ...]) -> nn.Sequential:
 
 
 class MTAN(MTLModel):
-    """A shared backbone and, per task, one attention module per stage that masks the shared features.
-    No shared representation (``has_representation`` False): see the module docstring."""
+    """A shared backbone and, per task, one attention module per stage that masks the shared features
+    (module docstring)."""
 
     has_representation = False
 
     def __init__(self, encoder: EncoderFactory, tasks: Mapping[str, Task], heads: Mapping) -> None:
         super().__init__(tasks)
         self.backbone = encoder()
+        encoder_stages(self.backbone, "architecture")
         self.stage_shapes: list[tuple[int, ...]] = [tuple(s) for s in self.backbone.stage_shapes]
-        if not self.stage_shapes:
-            raise ConfigError("architecture=mtan: the encoder has no stages to attend to")
-        self.adapters = nn.ModuleList(list(encoder().stages)[1:])  # f_1 .. f_{K-1}; stage 0 has no f
+        self.adapters = nn.ModuleList(list(encoder().stages)[1:])  # f_1 … f_K−1; stage 0 has no f
         self.attention = nn.ModuleDict()
         for name in self.tasks:
             modules = [attention_module(self.stage_shapes[0][0], self.stage_shapes[0])]
@@ -117,7 +128,7 @@ class MTAN(MTLModel):
         return self.heads(features)
 
     def diagnostics(self) -> dict[str, dict[str, float]]:
-        """Per task, the mean attention mask of each stage over the evaluation pass (``mask_stage<k>``)."""
+        """Per task, the mean attention mask of each stage over the evaluation pass (`mask_stage<k>`)."""
         if not self._mask_count:
             return {}
         stats = {
@@ -141,5 +152,4 @@ class MTAN(MTLModel):
     def parameter_roles(self) -> dict[str, ParamRole]:
         prefixes = {"backbone": ParamRole("trunk"), "adapters": ParamRole("trunk")}
         prefixes |= {f"attention.{t}": ParamRole("mixing", t) for t in self.tasks}
-        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
-        return self.roles_by_prefix(prefixes)
+        return self.roles_by_prefix(prefixes | self.heads.roles("heads"))

@@ -1,37 +1,56 @@
-"""Progressive Layered Extraction (PLE; Tang et al., RecSys 2020) and its one-level form, Customized Gate
-Control (CGC).
+"""Progressive Layered Extraction, PLE (Tang, Liu, Zhao & Gong 2020, "Progressive Layered Extraction
+(PLE): A Novel Multi-Task Learning (MTL) Model for Personalized Recommendations", RecSys), and its
+one-level form, Customized Gate Control, CGC (`architecture=cgc`, which sets `levels: 1`).
 
-Level j (1..L) has, for each task t, m_t task-specific experts E^j_{t,1..m_t}, and m_s shared experts
-E^j_{s,1..m_s}. Task t's gate mixes its own experts and the shared ones,
+**Extraction.** Level j (1 … L) has, for each task t, m_t task-specific experts E_j,t,1 … E_j,t,m_t,
+and m_s shared experts E_j,s,1 … E_j,s,m_s. Task t's gate mixes its own experts and the shared ones:
 
-    g^j_t = sum_i w^j_t[i] S^j_t[i],   S^j_t = [E^j_{t,1}(a^j_t), ..., E^j_{s,1}(a^j_s), ...],
-    w^j_t = softmax(W^j_t a^j_t),
+```text
+S_j,t = [E_j,t,1(a_j,t), …, E_j,t,m_t(a_j,t), E_j,s,1(a_j,s), …, E_j,s,m_s(a_j,s)]
+w_j,t = softmax(W_j,t · a_j,t)
+g_j,t = Σ_i w_j,t[i] · S_j,t[i]
+```
 
-and at every level but the last a shared gate mixes ALL experts of the level,
-g^j_s = softmax(W^j_s a^j_s) . [every E^j], to feed the next level's shared experts. The inputs are
-a^1_t = a^1_s = x (the experts read x; the gates read x flattened, see mmoe.InputFeatures), and
-a^j_t = g^{j-1}_t, a^j_s = g^{j-1}_s above (the paper's eq. for g^{k,j}: each gate reads the previous
-level's output of the same branch). Task t's tower (its head) reads g^L_t.
+At every level but the last, a shared gate g_j,s = softmax(W_j,s · a_j,s) · [every expert of level j]
+mixes all the level's experts, task-specific and shared, to feed the next level's shared experts. The
+inputs are a_1,t = a_1,s = x at the first level (the experts read x, the gates read x flattened), and
+a_j,t = g_j−1,t and a_j,s = g_j−1,s above it: each gate and expert reads the previous level's output
+of its own branch. Task t's tower (its head) reads g_L,t. Gates have no bias.
 
-Experts of level 1 are encoders from the factory; experts of levels above are MLPs on the previous level's
-width, with hidden widths ``hidden`` (the last is their output width), since the encoder's input shape no
-longer applies there. CGC is ``levels: 1`` (no shared gate). Gates have no bias, as in MMoE.
+**Config keys.**
 
-Roles follow what each loss actually reaches. Task t's experts at level j < L feed the shared gate of level
-j, hence the next level's shared experts, hence every task: below the last level they are shared (task None,
-part trunk), although the design dedicates them to t. What only task t's loss reaches: its experts of the
-last level, its gates of the last two levels (the gate of level L-1 feeds only t's level-L experts and gate),
-and its tower. Gates of lower levels and the shared gates are shared ``mixing``. For CGC this is the paper's
-reading: task experts and gates belong to their task.
+- `levels`: L, at least 1; 1 is CGC, which has no shared gate.
+- `specific_experts`: m_t, the task-specific experts per task and level (≥ 0): one count for every
+  task, or a mapping {task: count} (tasks it leaves out get 1).
+- `shared_experts`: m_s, the shared experts per level, at least 1.
+- `hidden`: the hidden widths of the experts above the first level, the last being their output
+  width; needed when L ≥ 2, unused by CGC.
+- `activation`: the `torch.nn` activation class of those upper-level experts.
 
-Shared representation: the tensors computed by shared parameters that task-owned modules read: the
-last level's shared-expert outputs, and (L >= 2) all expert outputs of level L-1 and (L >= 3) the task gates'
-inputs of level L-1, flattened and concatenated to [N, K]. Task-owned modules read views of that tensor, so
-gradients with respect to it are exact.
+Experts of level 1 are encoders from the factory; the experts above are MLPs on the previous level's
+width, since the encoder's input shape no longer applies there.
 
-Diagnostics: per task and level, the mean gate weight of each of its experts over the evaluation forwards,
-rows ``<task>, expert_usage/<level>/own<i>`` and ``.../shared<i>`` (each level sums to 1), and the shared
-gates' usage under ``model, shared_gate_usage/<level>/<task>_own<i>`` / ``.../shared<i>``.
+**Parameter roles** follow what each loss actually reaches. Task t's experts at a level j < L feed
+that level's shared gate, hence the next level's shared experts, hence every task: below the last
+level they are shared (part `trunk`, no task), although the design dedicates them to t. Only task t's
+loss reaches its experts of the last level (part `trunk`, owned by t), its gates of the last two levels
+(part `mixing`, owned by t: the gate of level L − 1 feeds only t's level-L experts and gate) and its
+tower (part `head`). The gates of lower levels and the shared gates are shared `mixing`; the shared
+experts are shared `trunk`. For CGC this is the paper's reading: task experts and gates belong to
+their task.
+
+**Shared representation.** The tensors that shared parameters compute and task-owned modules read:
+the last level's shared-expert outputs and, when L ≥ 2, every expert output of level L − 1 and (L ≥ 3)
+the inputs of level L − 1's task gates, flattened and concatenated to [N, K]. Task-owned modules read
+views of that tensor, so gradients with respect to it are exact.
+
+**Diagnostics.** Per task and level, the mean gate weight of each of its experts over the evaluation
+forwards, rows `<task>, expert_usage/<level>/own<i>` and `…/shared<i>` (each level sums to 1), and the
+shared gates' usage under `model, shared_gate_usage/<level>/<task>_own<i>` and `…/shared<i>`.
+
+**Departures from the paper.** The first level's experts are the injected encoder (CNN, MLP or
+tabular) and the experts above are MLPs of one configurable shape, where the paper's experts are
+feed-forward networks throughout.
 """
 
 from __future__ import annotations
@@ -47,14 +66,14 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
-from mtlrun.architecture.mmoe import InputFeatures, UsageMeter, mix
+from mtlrun.architecture.mixing import InputFeatures, UsageMeter, mix
 from mtlrun.encoder.layers import mlp
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
 
 
 def cut(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """One [N, K] tensor made of ``tensors`` (each [N, ...], flattened and concatenated), and views of it
+    """One [N, K] tensor made of `tensors` (each [N, ...], flattened and concatenated), and views of it
     shaped like each input: computation that reads the views depends on the inputs only through it."""
     flat = torch.cat([t.flatten(1) for t in tensors], dim=1)
     pieces = flat.split([math.prod(t.shape[1:]) for t in tensors], dim=1)
@@ -86,7 +105,8 @@ class CGCLevel(nn.Module):
 
 
 class PLE(MTLModel):
-    """``levels`` stacked CGC levels of task-specific and shared experts; the task heads are the towers."""
+    """`levels` stacked extraction levels of task-specific and shared experts; the task heads are the
+    towers (module docstring)."""
 
     has_representation = True
 
@@ -223,7 +243,7 @@ class PLE(MTLModel):
     # ------------------------------------------------------------------------------------------- roles
     def parameter_roles(self) -> dict[str, ParamRole]:
         last = len(self.levels) - 1
-        prefixes = {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
+        prefixes = self.heads.roles("heads")
         for j in range(len(self.levels)):
             prefixes[f"levels.{j}.shared"] = ParamRole("trunk")
             prefixes[f"levels.{j}.shared_gate"] = ParamRole("mixing")

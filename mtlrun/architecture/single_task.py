@@ -1,8 +1,16 @@
-"""Single-task learning: one independent network (encoder + head) per task, the baseline for Delta-m%.
+"""Single-task learning: one independent network per task, a fresh encoder (the task's column) and the
+task's head.
 
-Nothing is shared, so there is no shared representation and no shared parameter: every task's encoder is
-owned by that task (its optimizer group is still ``shared``, the trunk group, so a single-task baseline
-trains its encoders with the same learning rate as a shared trunk would).
+Nothing is shared: no parameter, no representation (`has_representation` is false). The tasks do not
+interact at all (`independent_tasks`), so a run of this architecture is the single-task baseline that
+the report computes Δm% against.
+
+**Config keys.** None besides the encoder (`encoder=...`) and the heads (`heads`).
+
+**Parameter roles.** Column t: part `trunk`, owned by task t. Its optimizer group is still `shared`
+(the trunk's group), so the baseline trains its encoders with the learning rate a shared trunk would
+get. Head t: part `head`, owned by task t. Gradient-based weighting methods see no shared parameter
+and fall back to the plain sum of the losses.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from mtlrun.tasks import Task
 
 
 class SingleTask(MTLModel):
+    """One independent encoder and head per task (module docstring)."""
+
     has_representation = False
     independent_tasks = True
 
@@ -32,5 +42,4 @@ class SingleTask(MTLModel):
 
     def parameter_roles(self) -> dict[str, ParamRole]:
         prefixes = {f"columns.{t}": ParamRole("trunk", t) for t in self.tasks}
-        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
-        return self.roles_by_prefix(prefixes)
+        return self.roles_by_prefix(prefixes | self.heads.roles("heads"))

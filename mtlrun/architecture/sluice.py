@@ -1,37 +1,62 @@
-"""Sluice networks (Ruder, Bingel, Augenstein & Søgaard, "Latent Multi-task Architecture Learning", AAAI 2019).
+"""Sluice networks (Ruder, Bingel, Augenstein & Søgaard 2019, "Latent Multi-task Architecture
+Learning", AAAI): one column (a fresh encoder) per task, run stage by stage; α mixes the tasks'
+subspaces after every stage, β weighs each task's stage outputs, and an orthogonality penalty keeps a
+column's subspaces apart.
 
-One column (a fresh encoder) per task, run stage by stage. With T tasks, S subspaces and the output of
-column t at stage k split along its feature/channel axis into S equal subspaces G_{t,k,1..S}:
+With T tasks and S subspaces, the output of column t at stage k is split along its feature (channel)
+axis into S equal subspaces G_t,k,1 … G_t,k,S.
 
-* **α (cross-stitch over subspaces).** After every stage k the T·S subspaces are mixed by a learned
-  (T·S)×(T·S) matrix: G̃_{k,i} = Σ_j α_k[i, j] · G_{k,j}, with i, j running over (task, subspace) pairs in
-  task-major order. Column t's next stage reads the concatenation of its mixed subspaces G̃_{k,(t,1..S)}.
-* **β (layer stitch).** Task t's head reads h_t = Σ_k β_t[k] · G̃_{k,(t,·)}, a learned weighted sum of its
-  column's mixed stage outputs. The paper's layers all share one width; stages of an injected encoder need
-  not (CNN stages are [C, H, W] maps, its last stage a vector), so β runs over the stages whose output
-  shape equals the last stage's (MLP encoders with equal hidden widths: all of them; the CNN encoder: only
-  its last, flattening stage, where β_t is a single learned scale). This keeps the paper's formula exact
-  and adds no parameters; projecting every stage to the head width would add T·(K−1) learned maps that
-  the design does not have.
-* **Orthogonality penalty.** penalty = λ · Σ_t Σ_k Σ_{s<s'} ‖G_{t,k,s}ᵀ G_{t,k,s'} / R‖²_F on each
-  column's own (pre-α) stage outputs, where the rows of G are the R observations of the batch (examples,
-  or examples × positions for feature maps: channels are the features) and λ is ``orthogonality``. It
-  follows the paper's formula (after the difference loss of domain separation networks); the authors'
-  code applies it to LSTM weight matrices instead, but a stage of an injected encoder is a black box whose
-  subspaces exist only in its output. Dividing by R keeps λ independent of the batch size.
+**α, a cross-stitch over subspaces.** After every stage k the T·S subspaces are mixed by a learned
+(T·S)×(T·S) matrix α_k: G̃_k,i = Σ_j α_k[i, j] · G_k,j, with i and j running over (task, subspace) pairs
+in task-major order. Column t's next stage reads the concatenation of its mixed subspaces
+G̃_k,(t,1) … G̃_k,(t,S).
 
-Initialisation follows the authors' code: α ``balanced`` (every entry 1/(T·S), their command-line default)
-or ``imbalanced`` (0.9 on the diagonal, the rest 0.1/(T·S−1): their one-subspace scheme, generalised);
-β ``imbalanced`` (0.9 on the last stage, 0.1 shared by the others, their default) or ``balanced``.
+**β, a layer stitch.** Task t's head reads h_t = Σ_k β_t[k] · G̃_k,(t,·), a learned weighted sum of its
+column's mixed stage outputs, over the stages whose output shape equals the last stage's.
 
-Roles: α mixes every task's subspaces, so every column's parameters receive gradients from every task's
-loss; the columns are therefore shared (part ``trunk``, task None, optimizer group ``shared``), as are the
-α matrices (part ``mixing``, task None). β_t is read only by task t's head, so task t owns it (part
-``mixing``, task t): gradient methods leave it out of the shared Jacobian and it gets its task's ordinary
-gradient. The heads are task-owned as always.
+**The orthogonality penalty.**
 
-There is no shared representation (``has_representation`` is False): each task reads its own column's
-mixed outputs, so no single tensor carries everything the tasks read.
+```text
+penalty = λ · Σ_t Σ_k Σ_(s < s′) ‖G_t,k,sᵀ · G_t,k,s′ / R‖²_F
+```
+
+over tasks t, stages k and pairs of subspaces s < s′ (‖·‖_F is the Frobenius norm), on each column's
+own stage outputs before α mixes them. The rows of G are the R observations of the batch (examples,
+or examples × positions for feature maps, whose channels are the features). Dividing by R keeps λ
+independent of the batch size. `penalty()` returns it; the runner adds it to the objective, never
+balances it, and logs it.
+
+**Config keys.**
+
+- `subspaces`: S, at least 1; it must divide the width (channels) of every stage's output.
+- `orthogonality`: λ, ≥ 0; 0 turns the penalty off (and its log row).
+- `alpha_init`: `balanced`, every entry 1/(T·S) (the authors' command-line default), or `imbalanced`,
+  0.9 on the diagonal and 0.1/(T·S − 1) elsewhere (their one-subspace scheme, generalised).
+- `beta_init`: `imbalanced`, 0.9 on the last stage and 0.1 shared by the others (the authors'
+  default), or `balanced`, equal weights.
+
+**Parameter roles.** α mixes every task's subspaces, so every column's parameters receive gradients
+from every task's loss: the columns are shared (part `trunk`, no task, optimizer group `shared`), and
+so are the α matrices (part `mixing`, no task). β_t is read only by task t's head, so task t owns it
+(part `mixing`): gradient methods leave it out of the shared Jacobian and it gets its task's ordinary
+gradient. The heads: part `head`, owned by their task.
+
+There is no shared representation (`has_representation` is false): each task reads its own column's
+mixed outputs, so no single tensor carries everything the tasks read. `diagnostics()` reports, per
+task, β over the stitched stages (`beta_stage<k>`) and, per stage, the share of the α mass of the
+task's subspaces that comes from its own column (`alpha_self_stage<k>`; 1 means no sharing).
+
+**Departures from the paper.**
+
+- β: the paper's layers all share one width, but stages of an injected encoder need not (CNN stages
+  are [C, H, W] maps, its last stage a vector). So β runs only over the stages whose output shape
+  equals the last stage's: all of them for an MLP encoder with equal hidden widths, only the last,
+  flattening stage for the CNN encoder (where β_t is a single learned scale). This keeps the paper's
+  formula exact and adds no parameters, where projecting every stage to the head's width would add
+  T·(K − 1) learned maps that the design does not have.
+- The penalty follows the paper's formula (after the difference loss of domain separation networks)
+  on stage outputs; the authors' code applies it to LSTM weight matrices instead, but a stage of an
+  injected encoder is a black box whose subspaces exist only in its output.
 """
 
 from __future__ import annotations
@@ -44,6 +69,8 @@ from torch import Tensor
 
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
+from mtlrun.architecture.mixing import convex_init
+from mtlrun.encoder.stages import encoder_stages
 from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
 
@@ -51,7 +78,8 @@ INIT_SCHEMES = ("balanced", "imbalanced")
 
 
 def orthogonality(h: Tensor, subspaces: int) -> Tensor:
-    """Σ_{s<s'} ‖G_sᵀ G_s' / R‖²_F for the S subspaces of ``h`` ([N, C] or [N, C, *spatial]), split along C.
+    """The sum over pairs s < s′ of ‖G_sᵀ · G_s′ / R‖²_F, for the S subspaces of `h` (`[N, C]` or
+    `[N, C, *spatial]`) split along C.
 
     The rows of each G are the R = N·(spatial size) observations; its columns the C/S features of one
     subspace."""
@@ -65,28 +93,21 @@ def orthogonality(h: Tensor, subspaces: int) -> Tensor:
 
 
 def initial_alpha(tasks: int, subspaces: int, scheme: str) -> Tensor:
-    """The (T·S)×(T·S) α of one stage under ``scheme`` (rows sum to 1 either way)."""
+    """The (T·S)×(T·S) α of one stage under `scheme`: `balanced`, 1/(T·S) everywhere; `imbalanced`, 0.9 on
+    the diagonal and the rest of each row shared out equally (rows sum to 1 either way)."""
     n = tasks * subspaces
-    if scheme == "balanced" or n == 1:
-        return torch.full((n, n), 1.0 / n)
-    alpha = torch.full((n, n), 0.1 / (n - 1))
-    alpha.fill_diagonal_(0.9)
-    return alpha
+    return convex_init(n, 0.9 if scheme == "imbalanced" else 1.0 / n)
 
 
 def initial_beta(stages: int, scheme: str) -> Tensor:
-    """β over ``stages`` stitched stages under ``scheme`` (sums to 1 either way)."""
-    if scheme == "balanced" or stages == 1:
-        return torch.full((stages,), 1.0 / stages)
-    beta = torch.full((stages,), 0.1 / (stages - 1))
-    beta[-1] = 0.9
-    return beta
+    """β over `stages` stitched stages under `scheme`: `balanced`, equal weights; `imbalanced`, 0.9 on the
+    last stage and the rest shared out equally (sums to 1 either way)."""
+    return convex_init(stages, 0.9 if scheme == "imbalanced" else 1.0 / stages)[-1].clone()
 
 
 class Sluice(MTLModel):
     """One column per task; α mixes the tasks' subspaces after every stage, β weighs each task's stage
-    outputs, an orthogonality penalty keeps a column's subspaces apart. No shared representation
-    (``has_representation`` False): each task reads its own column (see the module docstring)."""
+    outputs (module docstring)."""
 
     has_representation = False
 
@@ -111,9 +132,8 @@ class Sluice(MTLModel):
         self.orthogonality = orthogonality
         self.columns = nn.ModuleList([encoder() for _ in self.tasks])
         first = self.columns[0]
+        encoder_stages(first, "architecture")
         self.stage_shapes: list[tuple[int, ...]] = [tuple(s) for s in first.stage_shapes]
-        if not self.stage_shapes:
-            raise ConfigError("architecture=sluice: the encoder has no stages to mix between")
         for k, shape in enumerate(self.stage_shapes):
             if shape[0] % subspaces:
                 raise ConfigError(
@@ -164,8 +184,8 @@ class Sluice(MTLModel):
         return self._penalty
 
     def diagnostics(self) -> dict[str, dict[str, float]]:
-        """Per task: β over the stitched stages (``beta_stage<k>``) and, per stage, the share of the α mass
-        of the task's subspaces that comes from its own column (``alpha_self_stage<k>``; 1 = no sharing)."""
+        """Per task: β over the stitched stages (`beta_stage<k>`) and, per stage, the share of the α mass
+        of the task's subspaces that comes from its own column (`alpha_self_stage<k>`; 1 = no sharing)."""
         stats: dict[str, dict[str, float]] = {}
         s = self.subspaces
         for t, name in enumerate(self.tasks):
@@ -186,5 +206,4 @@ class Sluice(MTLModel):
     def parameter_roles(self) -> dict[str, ParamRole]:
         prefixes = {"columns": ParamRole("trunk"), "alpha": ParamRole("mixing")}
         prefixes |= {f"beta.{t}": ParamRole("mixing", t) for t in self.tasks}
-        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
-        return self.roles_by_prefix(prefixes)
+        return self.roles_by_prefix(prefixes | self.heads.roles("heads"))

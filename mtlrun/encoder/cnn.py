@@ -11,11 +11,11 @@ from mtlrun.errors import ConfigError
 
 
 class CNNEncoder(nn.Module):
-    """One stage per entry of ``channels``: Conv(3x3) -> BatchNorm -> activation -> MaxPool(2); then a last
-    stage that flattens and projects to ``out_dim`` features.
+    """One stage per entry of `channels`: Conv(3x3) -> BatchNorm -> activation -> MaxPool(2); then a last
+    stage that flattens and projects to `out_dim` features.
 
-    ``stages`` and ``stage_shapes`` (each stage's output shape, without the batch dimension) let column
-    and attention architectures act between stages; ``forward`` runs them in order.
+    `stages` and `stage_shapes` (each stage's output shape, without the batch dimension) let column
+    and attention architectures act between stages; `forward` runs them in order.
     """
 
     def __init__(

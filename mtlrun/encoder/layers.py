@@ -8,7 +8,7 @@ from mtlrun.errors import ConfigError
 
 
 def activation(name: str) -> nn.Module:
-    """An activation module from its torch.nn class name (``ReLU``, ``GELU``, ``Tanh``, ``SiLU``, ...)."""
+    """An activation module from its torch.nn class name (`ReLU`, `GELU`, `Tanh`, `SiLU`, ...)."""
     cls = getattr(nn, name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ConfigError(
@@ -20,7 +20,7 @@ def activation(name: str) -> nn.Module:
 def mlp(
     in_dim: int, hidden: list[int], act: str, dropout: float, out_dim: int | None = None
 ) -> nn.Sequential:
-    """Linear -> activation -> dropout for each hidden width, then an optional plain Linear to ``out_dim``."""
+    """Linear -> activation -> dropout for each hidden width, then an optional plain Linear to `out_dim`."""
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must lie in [0, 1); got {dropout}")
     layers: list[nn.Module] = []

@@ -20,8 +20,8 @@ class FlatteningStage(nn.Sequential):
 class MLPEncoder(nn.Module):
     """One stage per hidden width: Linear -> activation (-> dropout).
 
-    ``stages`` and ``stage_shapes`` (each stage's output shape, without the batch dimension) let column
-    architectures (cross-stitch, sluice, soft sharing) act between stages; ``forward`` runs them in order.
+    `stages` and `stage_shapes` (each stage's output shape, without the batch dimension) let column
+    architectures (cross-stitch, sluice, soft sharing) act between stages; `forward` runs them in order.
     """
 
     def __init__(

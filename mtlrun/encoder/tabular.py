@@ -1,16 +1,16 @@
 """An encoder for tables: learned embeddings of the categorical columns, then an MLP.
 
-The input is the one float matrix every architecture passes around (``batch["x"]``, see
-:mod:`mtlrun.data.preprocess`): numeric features first, then one column per categorical feature holding
+The input is the one float matrix every architecture passes around (`batch["x"]`, see
+`mtlrun.data.preprocess`): numeric features first, then one column per categorical feature holding
 its category index. The first stage splits the index columns off, looks each up in its own embedding
 table, concatenates the embeddings to the numeric features, and applies the first hidden layer; the other
-stages are the MLP's. So the encoder has the same ``stages`` as :class:`~mtlrun.encoder.mlp.MLPEncoder`
-with the same ``hidden``, and column designs (cross-stitch, sluice, MTAN, soft sharing) work unchanged.
+stages are the MLP's. So the encoder has the same `stages` as `mtlrun.encoder.mlp.MLPEncoder` with the
+same `hidden`, and column designs (cross-stitch, sluice, MTAN, soft sharing) work unchanged.
 
-Embedding sizes: ``embedding_dims[column]`` if given, else ``embedding_dim`` for every column if given,
-else the rule min(``max_embedding_dim``, round(1.6 * n ** 0.56)), where n is the column's cardinality
+Embedding sizes: `embedding_dims[column]` if given, else `embedding_dim` for every column if given,
+else the rule min(`max_embedding_dim`, round(1.6 · n^0.56)), where n is the column's cardinality
 (categories seen in training plus the unknown index) — the heuristic of the fast.ai tabular learner:
-3 categories -> 3 dimensions, 10 -> 6, 100 -> 21, 1000 -> 77 (before the cap).
+3 categories → 3 dimensions, 10 → 6, 100 → 21, 1000 → 77 (before the cap).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from mtlrun.errors import ConfigError
 
 
 def embedding_size(cardinality: int, max_dim: int) -> int:
-    """The default embedding width of a column with ``cardinality`` rows: min(max_dim, round(1.6 n^0.56))."""
+    """The default embedding width of a column with `cardinality` rows: min(max_dim, round(1.6 n^0.56))."""
     return max(1, min(max_dim, round(1.6 * cardinality**0.56)))
 
 
 class CategoricalEmbedding(nn.Module):
-    """[N, F] floats -> [N, numeric + sum of embedding widths]: the last ``len(cardinalities)`` columns are
+    """[N, F] floats -> [N, numeric + sum of embedding widths]: the last `len(cardinalities)` columns are
     category indices, each looked up in its own table; the numeric columns pass through."""
 
     def __init__(self, num_features: int, cardinalities: Sequence[int], dims: Sequence[int]) -> None:
@@ -55,7 +55,7 @@ class CategoricalEmbedding(nn.Module):
 
 
 class InputStage(nn.Module):
-    """The first stage: embeds the categorical columns, then applies ``layers`` (the first hidden layer)."""
+    """The first stage: embeds the categorical columns, then applies `layers` (the first hidden layer)."""
 
     def __init__(self, embedding: CategoricalEmbedding, *layers: nn.Module) -> None:
         super().__init__()
@@ -67,8 +67,8 @@ class InputStage(nn.Module):
 
 
 class TabularEncoder(nn.Module):
-    """Embedding of the categorical columns + MLP; ``stages``, ``stage_shapes``, ``in_shape`` and ``out_dim``
-    as :class:`~mtlrun.encoder.mlp.MLPEncoder` has them."""
+    """Embedding of the categorical columns, then an MLP; `stages`, `stage_shapes`, `in_shape` and `out_dim`
+    as `mtlrun.encoder.mlp.MLPEncoder` has them."""
 
     def __init__(
         self,

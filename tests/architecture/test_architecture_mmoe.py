@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from conftest import build_objects, compose_cfg, first_batch, nonzero, small_cfg
 
-from mtlrun.architecture.mmoe import InputFeatures
+from mtlrun.architecture.mixing import InputFeatures
 from mtlrun.errors import ConfigError
 from mtlrun.trainer.runner import run
 from mtlrun.trainer.step import task_losses

@@ -55,6 +55,19 @@ def test_parameter_roles_partition_the_parameters(built):
         assert any(roles[n].part == "head" for n in owned[task]), task
 
 
+def test_head_parameters_are_exactly_those_of_each_task_head(built):
+    """Every architecture holds its TaskHeads at `heads`: each head's parameters are part `head`, owned by
+    the head's task, and no other parameter is a head."""
+    model = built.model
+    roles = model.parameter_roles()
+    expected = {
+        f"heads.heads.{t}.{n}": ParamRole("head", t)
+        for t, head in model.heads.heads.items()
+        for n, _ in head.named_parameters()
+    }
+    assert {n: r for n, r in roles.items() if r.part == "head"} == expected
+
+
 def test_shared_parameters_are_those_no_task_owns(built):
     model = built.model
     roles = model.parameter_roles()

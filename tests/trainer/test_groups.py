@@ -151,7 +151,7 @@ class GatedSharing(MTLModel):
 
     def parameter_roles(self):
         prefixes = {"trunk": ParamRole("trunk"), "gate": ParamRole("mixing")}
-        prefixes |= {f"heads.heads.{t}": ParamRole("head", t) for t in self.tasks}
+        prefixes |= self.heads.roles("heads")
         return self.roles_by_prefix(prefixes)
 
 

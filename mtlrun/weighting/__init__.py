@@ -1,11 +1,14 @@
-"""Loss-weighting and gradient-balancing methods behind one contract (see ``base.Weighting``).
+"""Loss-weighting and gradient-balancing methods behind one contract (see `mtlrun.weighting.base`).
 
-Outside the runner, :func:`load` builds any method from its shipped YAML, e.g. to aggregate a Jacobian::
+Each method's module docstring states its maths, its options and where it departs from its paper. Outside
+the runner, `load` builds any method from its shipped YAML, e.g. to aggregate a Jacobian:
 
-    from mtlrun.weighting import load
-    upgrad = load("upgrad", ["depth", "normals"])
-    direction = upgrad.aggregate(G)      # G: [T, P] per-task gradients -> [P]
-    upgrad.last_weights                  # the [T] weights it used
+```python
+from mtlrun.weighting import load
+upgrad = load("upgrad", ["depth", "normals"])
+direction = upgrad.aggregate(G)      # G: [T, P] per-task gradients -> [P]
+upgrad.last_weights                  # the [T] weights it used
+```
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from omegaconf import OmegaConf
 
 
 def load(name: str, tasks: Sequence[str] | Mapping[str, Any], **overrides: Any):
-    """Build weighting method ``name`` from conf/weighting/<name>.yaml with ``overrides`` applied.
+    """Build weighting method `name` from conf/weighting/<name>.yaml with `overrides` applied.
 
-    ``tasks``: task names (treated as regression tasks, which only uncertainty weighting distinguishes) or
-    a mapping of names to :class:`mtlrun.tasks.Task`.
+    `tasks`: task names (treated as regression tasks, which only uncertainty weighting distinguishes) or a
+    mapping of names to `mtlrun.tasks.Task`.
     """
     from mtlrun.errors import ConfigError
     from mtlrun.instantiate import build

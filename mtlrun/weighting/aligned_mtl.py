@@ -1,24 +1,39 @@
-"""Aligned-MTL (Senushkin et al., CVPR 2023, "Independent Component Alignment for Multi-Task Learning").
+"""Aligned-MTL (Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR
+2023).
 
 The task gradients G ([T, P]) form a linear system whose condition number measures how much they conflict
-and how unequal their magnitudes are. Aligned-MTL replaces G by the closest matrix (in Frobenius norm) with
-orthogonal rows of equal norm σ, the orthogonal Procrustes solution, computed on the Gram matrix alone:
+and how unequal their norms are. Aligned-MTL replaces G by the closest matrix (in Frobenius norm) whose rows
+are orthogonal and of equal norm σ, and sums those aligned gradients. The aligned system has condition
+number 1: no task dominates and none is cancelled.
 
-    M = G Gᵀ = V Λ Vᵀ,     B = σ · V Λ^{-1/2} Vᵀ,     Ĝ = B G,     d = Ĝᵀ w = Gᵀ (B w).
+**Update rule.** Everything is computed from the T×T Gram matrix, by the orthogonal Procrustes solution:
 
-With the SVD G = V Σ Uᵀ, Ĝ = σ V Uᵀ: the aligned gradients are orthogonal, all of norm σ, and the aligned
-system has condition number 1. The scale σ (``scale_mode``) is √λ_min (paper and default), √median(λ) or
-√mean(λ) (the authors' code's ``min``, ``median``, ``rmse``). Rank deficiency (e.g. a zero or duplicated
-gradient) is handled as in the authors' code: only eigenvalues λ_k > tol·λ_max are kept (tol =
-T·eps(dtype) unless ``rank_tol`` is set) and λ_min is the smallest kept one, so B projects onto the span
-of the gradients. For T equal rows g (rank 1) B = 11ᵀ/T, so the weights are B w = (Σw/T)·1 and
-d = (Σ_i w_i)·g.
+```text
+M = G Gᵀ = V Λ Vᵀ,      B = σ · V Λ^(-1/2) Vᵀ,      Ĝ = B G,      d = Ĝᵀ w = Gᵀ (B w)
+```
 
-The weights B w are the per-task weights (``last_weights``); d is their weighted sum of the task gradients.
-Task preference w: the authors' code sums the aligned gradients (w = 1, ``reduction: sum``, the default,
-like the plain sum of losses of ``equal``); TorchJD and the paper's notation average them (w = 1/T,
-``reduction: mean``). B is invariant to a common scaling G → cG (both σ and Λ^{-1/2} scale), so the
-weights are too and d scales like G; scaling one task's gradient changes d in general.
+With the SVD G = V Σ Uᵀ, Ĝ = σ V Uᵀ: the aligned rows are orthogonal, each of norm σ. The per-task weights
+(`last_weights`) are B w, so d is a weighted sum of the task gradients. Rank deficiency (a zero or
+duplicated gradient) keeps only the eigenvalues λ_k > tol · λ_max, so B projects onto the span of the
+gradients; for T equal rows g, B = 11ᵀ/T and d = (Σ_i w_i) · g. B does not change when every gradient is
+scaled by the same c (σ and Λ^(-1/2) cancel), so the weights stay and d scales like G; scaling a single
+task's gradient changes d in general.
+
+**Options.**
+
+- `scale_mode`: the eigenvalue that sets σ²: `min` (the smallest kept eigenvalue, the paper's choice),
+  `median`, or `rmse` (their mean).
+- `reduction`: the task preference w: `sum` (w_i = 1, the plain sum of the aligned gradients, on the scale
+  of `weighting=equal`) or `mean` (w_i = 1/T).
+- `rank_tol`: eigenvalues at or below `rank_tol` · λ_max are dropped; 0 means T times the machine epsilon of
+  the gradients' dtype.
+- `grad_source`: `shared_params` aligns the gradients of the shared parameters; `representation` those of
+  the shared representation (the paper's cheaper Aligned-MTL-UB).
+- `update_every`: solve every k steps and reuse B w in between.
+
+**Departures from the paper.** The paper writes the preference as an average (w = 1/T, `reduction: mean`);
+the authors' code sums (w = 1, `reduction: sum`). The `median` and `rmse` scales and the eigenvalue cut-off
+for rank-deficient G come from the authors' code, not the paper.
 """
 
 from __future__ import annotations
@@ -31,14 +46,13 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting, gram_matrix
+from mtlrun.weighting.base import REDUCTIONS, GradientWeighting, gram_matrix
 
 SCALE_MODES = ("min", "median", "rmse")
-REDUCTIONS = ("sum", "mean")
 
 
 def balance_transformation(gram: Tensor, scale_mode: str = "min", rank_tol: float = 1e-6) -> Tensor:
-    """B = σ · V_r Λ_r^{-1/2} V_rᵀ over the eigenpairs with λ > rank_tol·λ_max (identity if M = 0)."""
+    """B = σ · V_r Λ_r^(-1/2) V_rᵀ over the eigenpairs with λ > rank_tol·λ_max (identity if M = 0)."""
     eigenvalues, eigenvectors = torch.linalg.eigh(gram)
     top = eigenvalues[-1]
     if top <= 0:
@@ -77,17 +91,9 @@ class AlignedMTL(GradientWeighting):
         self.reduction = reduction
         self.rank_tol = rank_tol
 
-    def preference(self) -> float:
-        """The task preference w_i (the same for every task)."""
-        return 1.0 if self.reduction == "sum" else 1.0 / self.num_tasks
-
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
         gram = gram_matrix(grads)
         tol = self.rank_tol or len(gram) * torch.finfo(torch.promote_types(grads.dtype, torch.float32)).eps
         b = balance_transformation(gram, self.scale_mode, tol)
-        weights = b.sum(dim=1) * self.preference()  # B w with w_i = preference
-        self.last_weights = weights.to(device=grads.device, dtype=self.last_weights.dtype)
-        return weights.to(device=grads.device, dtype=grads.dtype) @ grads
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        return self.num_tasks * self.preference() * g
+        preference = 1.0 if self.reduction == "sum" else 1.0 / self.num_tasks
+        return self.apply_weights(b.sum(dim=1) * preference, grads)  # B w with every w_i = preference

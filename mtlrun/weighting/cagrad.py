@@ -1,32 +1,51 @@
-"""CAGrad: conflict-averse gradient descent (Liu, Liu, Jin, Stone & Liu, NeurIPS 2021).
+"""CAGrad, conflict-averse gradient descent (Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent
+for Multi-task Learning", NeurIPS 2021).
 
-With g_0 the mean task gradient, CAGrad takes the direction, within a ball around g_0, that most improves
-the worst task:
+Within a ball around the mean task gradient g₀, CAGrad takes the direction that most improves the task
+that improves least. The radius is a multiple `c` of ‖g₀‖: `c = 0` is the mean gradient, a larger `c`
+trades average progress for progress on the worst task.
 
-    max_d min_t g_t . d     subject to   ||d - g_0|| <= sqrt(phi),   phi = c^2 ||g_0||^2.
+**Update rule.** The primal problem and its dual over the simplex (g_w = Σ_t w_t g_t):
 
-Its dual is a problem over the simplex, with g_w = sum_t w_t g_t:
+```text
+max_d min_t g_tᵀd     subject to   ‖d − g₀‖ ≤ √φ,   φ = c² ‖g₀‖²
+w* = argmin_(w ∈ simplex)  g_wᵀg₀ + √φ ‖g_w‖
+d  = g₀ + λ g_w*,          λ = √φ / ‖g_w*‖
+```
 
-    w* = argmin_{w in simplex}  g_w . g_0 + sqrt(phi) ||g_w||,       d = g_0 + lam g_w*,   lam = sqrt(phi) / ||g_w*||,
+so d is a weighted sum of the task gradients with weights `1/T + λ w*_t` (`last_weights`), divided by
+1 + c² when `rescale` is on. For T equal gradients g, d = (1 + c) g (then divided by 1 + c²).
 
-so d is a weighted sum of the task gradients, with weights 1/T + lam w*_t. c = 0 gives the mean gradient;
-the authors' code divides d by 1 + c^2 (``rescale``), which keeps the step size comparable to the mean's.
+**Solver.** For a fixed λ, the optimality conditions in w are those of the minimum-norm point of the hull
+of the points g₀ + λ g_t, and λ is the root of λ ‖g_w(λ)‖ = √φ, which increases with λ. On a fixed support
+S of w both have a closed form: with p = M_S⁻¹ 1 and q = M_S⁻¹ a_S (M the Gram matrix, a_t = g_tᵀg₀),
+every task in S improves by the same ν, and
 
-Solver. For lam fixed, the optimality conditions in w are those of the minimum-norm point of the hull of
-the points g_0 + lam g_t (then d is that point), and lam is the root of lam ||g_w(lam)|| = sqrt(phi), which
-increases with lam. On a fixed support S of w both are closed-form: with p = G_S^-1 1, q = G_S^-1 a_S
-(G the Gram matrix, a_t = g_t . g_0), every task in S improves by the same nu, and
-lam = sqrt((1'q)^2 - 1'p (a_S'q - phi)), lam w_S = nu p - q with nu = (lam + 1'q) / 1'p. So: solve the
-min-norm problem at the current lam with the Frank-Wolfe solver of MGDA, read off its support, compute
-the closed form there, and accept it when it satisfies every optimality condition (w_S >= 0, every task
-outside S improves by at least nu); otherwise move lam within a bracket and repeat. The answer is exact
-up to rounding, and usually costs one or two min-norm solves on a T x T matrix.
+```text
+λ = √((1ᵀq)² − 1ᵀp (a_Sᵀq − φ)),      λ w_S = ν p − q,      ν = (λ + 1ᵀq) / 1ᵀp
+```
 
-Zero task gradients cannot be improved by any d (g_t . d = 0); they are left out of the dual (weight 1/T
-only), so that d maximises the worst improvement of the tasks that can improve. Kept in, they cap the
-worst improvement at 0, every d of the ball that conflicts with no task is then optimal, the dual
-optimum is the zero gradient's vertex (g_w = 0, lam undefined), and the reference code returns an
-arbitrary direction.
+So the solver finds the min-norm point at the current λ with MGDA's Frank-Wolfe solver
+(`mtlrun.weighting.mgda.min_norm_weights`), reads off its support, computes the closed form there and
+accepts it when it meets every optimality condition (w_S ≥ 0, every task outside S improves by at least
+ν); otherwise it moves λ within a bracket and repeats. The answer is exact up to rounding and usually costs
+one or two min-norm solves on a T×T matrix.
+
+**Options.**
+
+- `c`: the radius of the ball as a multiple of ‖g₀‖.
+- `rescale`: divide d by 1 + c², which keeps the step comparable to the mean gradient's; off, d is the
+  paper's.
+- `grad_source`: `shared_params` (the paper) or `representation` (gradients of the shared representation,
+  cheaper).
+- `update_every`: solve every k steps and reuse the weights in between.
+
+**Departures from the paper.** The paper's d is not rescaled; the authors' code divides it by 1 + c²
+(`rescale`). A zero task gradient cannot be improved by any d (g_tᵀd = 0): it is left out of the dual (its
+weight is 1/T only), so d maximises the worst improvement of the tasks that can improve. Kept in, it would
+cap the worst improvement at 0, make every d of the ball that conflicts with no task optimal, put the dual
+optimum at its vertex (g_w = 0, λ undefined), and the reference code would return an arbitrary direction.
+The dual is solved exactly (above) instead of by a generic optimiser.
 """
 
 from __future__ import annotations
@@ -47,7 +66,7 @@ MAX_ROUNDS = 60  # lam updates at most; usually one or two
 
 
 def _closed_form(gram: Tensor, a: Tensor, radius: float, support: list[int]) -> tuple[float, Tensor] | None:
-    """(lam, w) with every task of ``support`` improving equally and ||d - g_0|| = radius, or None."""
+    """(λ, w) with every task of `support` improving equally and ‖d − g₀‖ = radius, or None."""
     if not support:
         return None
     g_s = gram[support][:, support]
@@ -68,8 +87,8 @@ def _closed_form(gram: Tensor, a: Tensor, radius: float, support: list[int]) -> 
 
 
 def _certified(gram: Tensor, a: Tensor, lam: float, w: Tensor) -> bool:
-    """Whether (lam, w) satisfies the optimality conditions: w on the simplex and every task improving by
-    at least the improvement of the tasks in w's support."""
+    """Whether (λ, w) satisfies the optimality conditions: w on the simplex and every task improving by at
+    least the improvement of the tasks in w's support."""
     pull = gram @ w
     improvement = a + lam * pull  # g_t . d for d = g_0 + lam g_w
     scale = float(a.abs().max() + lam * pull.abs().max())
@@ -83,10 +102,10 @@ def _certified(gram: Tensor, a: Tensor, lam: float, w: Tensor) -> bool:
 
 
 def conflict_averse_dual(gram: Tensor, c: float, zero_tol: float = 1e-12) -> tuple[float, Tensor]:
-    """(lam, w*) of CAGrad for the float64 CPU Gram matrix ``gram`` [T, T]: d = g_0 + lam g_w*.
+    """(λ, w*) of CAGrad for the float64 CPU Gram matrix `gram` [T, T]: d = g₀ + λ g_w*.
 
-    Rows whose norm is below ``zero_tol`` times the largest get w* = 0 (see the module docstring);
-    lam = 0 where there is nothing to solve (c = 0, g_0 = 0, or every row zero).
+    Rows whose norm is below `zero_tol` times the largest get w* = 0 (see the module docstring); λ = 0
+    where there is nothing to solve (c = 0, g₀ = 0, or every row zero).
     """
     num = gram.shape[0]
     w_all = torch.zeros(num, dtype=gram.dtype)
@@ -146,10 +165,4 @@ class CAGrad(GradientWeighting):
         weights = 1.0 / len(grads) + lam * w
         if self.rescale:
             weights = weights / (1.0 + self.c**2)
-        self.last_weights = weights.to(grads.dtype).to(grads.device)
-        return self.last_weights @ grads
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        """Every g_w is g, so d = g + c g, divided by 1 + c^2 with ``rescale``."""
-        scale = 1.0 + self.c
-        return g * (scale / (1.0 + self.c**2) if self.rescale else scale)
+        return self.apply_weights(weights, grads)

@@ -1,16 +1,28 @@
 """Dynamic Weight Average (Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019).
 
-Each task's weight follows how fast its epoch-averaged training loss fell over the last two epochs. With
-L_t(e) the mean training loss of task t over epoch e, T tasks and temperature tau:
+Each task's loss weight follows how fast its epoch-averaged training loss fell over the last two epochs: a
+task whose loss stalls gets more weight.
 
-    r_t(e) = L_t(e - 1) / L_t(e - 2)                    (relative descending rate; < 1 when t improved)
-    w_t(e) = T * exp(r_t(e) / tau) / sum_j exp(r_j(e) / tau)
-    objective = sum_t w_t(e) * L_t
+**Update rule.** With L_t(e) the mean training loss of task t over epoch e, T tasks and temperature τ:
 
-so the weights sum to T, a task whose loss stalls gets more weight, and tau = 2 (the paper's) keeps them
-close to 1. During the first two epochs there is no rate yet and every w_t = 1 (the plain sum, like
-``equal``). The weights are fixed within an epoch: they are computed in :meth:`on_epoch_end` from the
-last two epochs' mean losses, which live in buffers (checkpointed, so a resumed run continues exactly).
+```text
+r_t(e) = L_t(e − 1) / L_t(e − 2)                    (relative descending rate; < 1 when t improved)
+w_t(e) = T · exp(r_t(e) / τ) / Σ_j exp(r_j(e) / τ)
+objective = Σ_t w_t(e) · L_t
+```
+
+The weights sum to T. During the first two epochs there is no rate yet and every w_t = 1 (the plain sum,
+like `weighting=equal`). The weights are fixed within an epoch: `on_epoch_end` computes them from the last
+two epochs' mean losses, which are kept in buffers, so a resumed run continues exactly.
+
+**Options.**
+
+- `temperature`: τ, the softmax temperature; a large τ keeps the weights near 1, a small one sharpens them
+  toward the slowest task.
+
+**Departures from the paper.** None in the rule. The rates use the mean losses of whole training epochs,
+as the paper does; a loss that is 0 over a whole epoch is clamped to the smallest positive float before it
+divides, so the rate stays finite.
 """
 
 from __future__ import annotations
@@ -48,5 +60,5 @@ class DWA(Weighting):
             self.last_weights = self.num_tasks * torch.softmax(rate / self.temperature, dim=0)
 
     def summary(self) -> dict:
-        """The weights of the coming epoch (summary.json is written after :meth:`on_epoch_end`)."""
+        """The weights of the coming epoch (summary.json is written after `on_epoch_end`)."""
         return {"next_epoch_weights": dict(zip(self.task_names, self.last_weights.tolist(), strict=True))}

@@ -1,29 +1,39 @@
-"""Fast Adaptive Multitask Optimization (Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask
-Optimization", NeurIPS 2023).
+"""FAMO (Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023).
 
-FAMO balances the rate at which the task losses fall, at the cost of one backward pass. Task logits xi
-(the ``weighting`` parameter group) give z = softmax(xi). With D_t = L_t + eps (eps = 1e-8; the paper's
-minimum losses are 0) the model descends
+FAMO balances the rate at which the task losses fall, at the cost of one backward pass per step. Learnable
+task logits ξ (in the `weighting` optimizer group) give z = softmax(ξ); a task whose loss falls more slowly
+than the others' gets a larger logit, hence a larger weight.
 
-    objective = sum_t (z_t / S) * log D_t,    S = sum_j z_j / D_j    (z and S held constant)
+**Update rule.** With D_t = L_t + ε (ε = 1e-8 keeps the log finite at a zero loss) the model descends
 
-so task t's loss gets the weight d objective / d L_t = (z_t / D_t) / S: positive and summing to 1 (the
-paper's scale; ``last_weights`` reports them). Dividing by D_t makes every task's log-loss fall at a rate
-set by z alone, whatever the loss's scale. The logits then follow the observed decrease of each log-loss,
-delta_t = log D_t(before) - log D_t(after):
+```text
+objective = Σ_t (z_t / S) · log D_t,      S = Σ_j z_j / D_j          (z and S held constant)
+```
 
-    xi.grad = J_softmax(xi)^T delta + gamma * xi = z * (delta - <z, delta>) + gamma * xi
+so task t's loss gets the weight ∂objective/∂L_t = (z_t / D_t) / S: positive, summing to 1
+(`last_weights`). Dividing by D_t makes every task's log-loss fall at a rate set by z alone, whatever the
+loss's scale. The logits then follow the observed decrease of each log-loss,
+δ_t = log D_t(before) − log D_t(after):
 
-and the optimizer steps xi (the paper uses Adam with weight decay gamma, an L2 term added to the gradient
-as above, written here because the ``weighting`` group's own weight_decay is shared with other methods).
-A task whose loss falls more slowly than the others' gets a larger logit, hence a larger weight.
+```text
+∇ξ = J_softmax(ξ)ᵀ δ + γ ξ = z ⊙ (δ − zᵀδ) + γ ξ
+```
 
-Difference from the paper: it recomputes the losses on the same batch right after the model step, which
-costs an extra forward pass. Here ``delta`` compares this step's losses with the previous step's (a new
-batch), so the logit update lags one step and carries batch-to-batch noise; over many steps it follows the
-same trend. The first step has no previous losses and only the gamma term moves xi. The previous step's
-losses are a buffer, so a resumed run continues exactly. The paper also clips the shared gradient norm
-to 1 (``trainer.grad_clip``).
+This gradient is written into `ξ.grad` and the `weighting` optimizer steps ξ. The γ ξ term is the paper's
+weight decay on the logits, added here to the gradient because the `weighting` group's own weight decay is
+shared with other methods.
+
+**Options.**
+
+- `gamma`: γ, the L2 pull of the logits toward 0.
+- The logits' learning rate is `optim.groups.weighting.lr` (the paper uses 0.025), not a key of this file.
+
+**Departures from the paper.** The paper recomputes the losses on the same batch right after the model
+step, an extra forward pass. Here δ compares this step's losses with the previous step's, on a new batch:
+no extra cost, but the logit update lags one step and carries batch-to-batch noise; over many steps it
+follows the same trend. The first step has no previous losses and only the γ term moves ξ. The previous
+step's losses are a buffer, so a resumed run continues exactly. The paper also clips the shared gradient
+norm at 1; here that is `trainer.grad_clip=1.0`, off unless set.
 """
 
 from __future__ import annotations

@@ -1,24 +1,37 @@
-"""GradDrop: gradient sign dropout (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, NeurIPS 2020,
-"Just pick a sign").
+"""GradDrop, gradient sign dropout (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, "Just Pick a
+Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout", NeurIPS 2020).
 
-Per coordinate, the positive sign purity of the task gradients is
+Per coordinate, GradDrop keeps the task gradients of one sign and drops the others, choosing the sign at
+random with a probability given by how consistent the signs are: the more popular sign survives more
+often. Where all task gradients agree in sign nothing is dropped, so T equal gradients g give T g.
 
-    P = 1/2 (1 + sum_t g_t / sum_t |g_t|)          (in [0, 1]; 1 where every g_t >= 0, 0 where every g_t <= 0)
+**Update rule.** Per coordinate, the positive sign purity and the kept components are
 
-and with U ~ Uniform(0, 1) drawn once per coordinate, the positive components are kept where U < P and
-the negative ones where U >= P: one sign survives per coordinate, the more popular one more often. The
-update is the sum over tasks of (l_t + (1 - l_t) M_t) g_t, with M_t the mask of kept components and l_t
-the task's leak (0 in the paper's multi-task experiments: only the masked gradients flow; 1 lets a task's
-gradient through unmasked, the paper's transfer-learning setting). Where all task gradients agree in
-sign nothing is dropped, so equal gradients give T g.
+```text
+P = ½ (1 + Σ_t g_t / Σ_t |g_t|)           (in [0, 1]: 1 where every g_t ≥ 0, 0 where every g_t ≤ 0)
+U ~ Uniform(0, 1)                         (one draw per coordinate)
+M_t = 1 where (U < P and g_t > 0) or (U ≥ P and g_t < 0), else 0
+d = Σ_t (l_t + (1 − l_t) M_t) ⊙ g_t
+```
 
-The paper inserts GradDrop at an activation layer and masks the gradients with respect to those
-activations: ``grad_source=representation`` does exactly that at the model's shared representation
-(per element, batch included: the paper's variant that first sums over the batch, weighted by the
-activations' signs, needs the activations themselves, which the gradient contract does not pass). With
-``grad_source=shared_params`` the masks act on the shared parameters' gradients instead, one draw per
-parameter. The direction is not a weighted sum of the task gradients; ``last_weights`` are the least-
-squares weights that come closest to it. The draw uses torch's global generator.
+with l_t the task's leak. The direction is not a weighted sum of the task gradients; `last_weights` are the
+least-squares weights that come closest to it. The draw uses torch's global generator (the runner seeds
+it).
+
+**Options.**
+
+- `leak`: l, the share of a task's gradient that bypasses the mask, in [0, 1]: one number for every task or
+  a `{task: leak}` mapping (unlisted tasks get 0). 0 lets only masked gradients flow (the paper's
+  multi-task setting); 1 passes a task through unmasked (its transfer-learning setting).
+- `grad_source`: `representation` masks the gradients with respect to the shared representation, as the
+  paper does at an activation layer; `shared_params` masks the shared parameters' gradients, one draw per
+  parameter.
+- `update_every`: must stay 1: there are no weights to reuse, new masks are drawn every step.
+
+**Departures from the paper.** With `grad_source: representation` the masks act per element, batch
+included: the paper's variant that first sums over the batch, weighted by the activations' signs, needs
+the activations themselves, which the gradient contract does not pass. With `shared_params` (not in the
+paper) the masks act on the parameters' gradients instead of the activations'.
 """
 
 from __future__ import annotations
@@ -30,12 +43,10 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting, effective_weights
+from mtlrun.weighting.base import GradientWeighting, effective_weights, per_task_values
 
 
 class GradDrop(GradientWeighting):
-    randomized = True
-
     def __init__(
         self,
         tasks: Mapping[str, Task],
@@ -44,21 +55,12 @@ class GradDrop(GradientWeighting):
         update_every: int = 1,
     ) -> None:
         super().__init__(tasks, grad_source=grad_source, update_every=update_every)
-        if isinstance(leak, int | float):
-            leaks = dict.fromkeys(self.task_names, float(leak))
-        else:
-            leaks = {str(k): float(v) for k, v in dict(leak).items()}
-            unknown = set(leaks) - set(self.task_names)
-            if unknown:
-                raise ConfigError(
-                    f"weighting.leak: unknown task(s) {sorted(unknown)}; tasks are {', '.join(self.task_names)}"
-                )
-        values = [leaks.get(t, 0.0) for t in self.task_names]
+        values = per_task_values("weighting.leak", leak, self.task_names, default=0.0)
         if any(not 0.0 <= v <= 1.0 for v in values):
+            leaks = dict(zip(self.task_names, values, strict=True))
             raise ConfigError(f"weighting.leak: every leak must be in [0, 1]; got {leaks}")
-        self.register_buffer(
-            "leak", torch.tensor(values), persistent=False
-        )  # from the config, not the checkpoint
+        # from the config, not the checkpoint
+        self.register_buffer("leak", torch.tensor(values), persistent=False)
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
         leak = self.leak.to(grads.dtype).to(grads.device)
@@ -70,7 +72,3 @@ class GradDrop(GradientWeighting):
             direction = direction + leak @ grads
         self.last_weights = effective_weights(grads, direction)
         return direction
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        """All signs agree, so nothing is dropped: the sum T g."""
-        return g * len(self.task_names)

@@ -1,24 +1,37 @@
 """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Adaptive Loss
 Balancing in Deep Multitask Networks", ICML 2018).
 
-Learnable task weights w (the ``weighting`` parameter group, initialised to 1) are tuned so that each
-task's gradient norm on the last shared layer W follows its relative training rate. Per step, with L_t(0)
-the losses of the first step (a buffer) and alpha the asymmetry:
+Learnable loss weights w (in the `weighting` optimizer group, starting at 1) are tuned so that each task's
+gradient norm on the last shared layer W follows its relative training rate: a task that trains more
+slowly gets a larger target norm, hence a larger weight.
 
-    n_t = || d L_t / d W ||,        G_t = w_t * n_t                      (weighted gradient norms)
-    r_t = (L_t / L_t(0)) / mean_j (L_j / L_j(0))                         (inverse training rate)
-    target_t = mean_j(G_j) * r_t^alpha                                   (held constant)
-    L_grad = sum_t | G_t - target_t |,   d L_grad / d w_t = sign(G_t - target_t) * n_t
+**Update rule.** Per step, with L_t(0) the losses of the first step (a buffer) and α the asymmetry:
 
-That gradient is written into ``w.grad`` and the optimizer steps w; the model descends
-sum_t w_t * L_t with w held constant (so the objective does not also move w). At the start of each step
-the weights are clamped to be positive and renormalised to sum to T, so the weights applied always sum
-to T. A task that trains more slowly (larger r_t) gets a larger target, hence a larger weight.
+```text
+n_t = ‖∂L_t / ∂W‖,        G_t = w_t · n_t                           (weighted gradient norms)
+r_t = (L_t / L_t(0)) / mean_j (L_j / L_j(0))                        (inverse training rate)
+target_t = mean_j(G_j) · r_t^α                                      (held constant)
+L_grad = Σ_t |G_t − target_t|,      ∂L_grad / ∂w_t = sign(G_t − target_t) · n_t
+```
 
-W is the model's ``last_shared_parameters()``, kept by :meth:`attach`; the T extra gradients pass only
-through the heads and that layer. Architectures that share nothing (single_task) have no W and are
-refused. Without an attached model (a unit test calling ``combine`` alone) the weights are applied but
-not learned.
+That gradient is written into `w.grad` and the optimizer steps w; the model descends Σ_t w_t · L_t with w
+held constant, so the objective does not also move w. At the start of each step the weights are clamped to
+be positive and rescaled to sum to T, so the weights applied (`last_weights`) always sum to T.
+
+W is the model's `last_shared_parameters()`, kept by `attach`; the T extra gradients pass only through the
+heads and that layer. Architectures that share nothing (single_task) have no W: the run warns and every
+task trains on its own loss. Without an attached model (a unit test calling `combine` alone) the weights
+are applied but not learned.
+
+**Options.**
+
+- `alpha`: α, the asymmetry: 0 pulls every task toward the same gradient norm, a larger α favours the tasks
+  that train slowly.
+- The weights' learning rate is `optim.groups.weighting.lr`, not a key of this file.
+
+**Departures from the paper.** The paper renormalises the weights after each optimizer step; here they are
+clamped at a small positive floor and renormalised at the start of the next step, so a weight can never
+reach 0 or turn negative.
 """
 
 from __future__ import annotations
@@ -81,7 +94,7 @@ class GradNorm(Weighting):
         return torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(())
 
     def summary(self) -> dict:
-        """The weights the next step would apply (clamped and renormalised like in :meth:`combine`)."""
+        """The weights the next step would apply (clamped and renormalised as in `combine`)."""
         w = self.weights.detach().clamp(min=MIN_WEIGHT)
         w = w * (self.num_tasks / w.sum())
         return {"weights": dict(zip(self.task_names, w.tolist(), strict=True))}

@@ -1,25 +1,42 @@
-"""Gradient Vaccine (Wang, Tsvetkov, Firat & Cao, ICLR 2021, "Gradient Vaccine: Investigating and Improving
-Multi-task Optimization in Massively Multilingual Models").
+"""Gradient Vaccine (Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and Improving Multi-task
+Optimization in Massively Multilingual Models", ICLR 2021).
 
-PCGrad only acts when two task gradients conflict (cosine < 0) and then makes them orthogonal. GradVac
-keeps, for every ordered pair (i, j), a target cosine φ̂_ij, an exponential moving average of the cosines
-observed so far (eq. 3, β = 1e-2 in the paper, φ̂ starts at 0), and moves g_i towards g_j whenever their
-cosine φ_ij falls below it. For each task i, and each other task j in a random order:
+PCGrad only acts when two task gradients conflict (cosine < 0), and then makes them orthogonal. GradVac
+keeps, for every ordered pair of tasks (i, j), a target cosine φ̂_ij, an exponential moving average of the
+cosines observed so far (starting at 0), and moves g_i towards g_j whenever their cosine falls below it.
 
-    φ_ij = cos(g_i', g_j)                                  (g_i' = g_i as adjusted so far, g_j the original)
-    if φ_ij < φ̂_ij:  g_i' += g_j · ‖g_i'‖ (φ̂_ij √(1 − φ_ij²) − φ_ij √(1 − φ̂_ij²)) / (‖g_j‖ √(1 − φ̂_ij²))   (eq. 2)
-    φ̂_ij ← (1 − β) φ̂_ij + β φ_ij                                                                          (eq. 3)
+**Update rule.** For each task i, and each other task j in a random order:
 
-after which cos(g_i', g_j) = φ̂_ij exactly (with φ̂ = 0 this is PCGrad's projection). The update is the sum
-of the adjusted gradients (``reduction: sum``, as the paper and LibMTL; ``mean`` divides by T).
+```text
+φ_ij = cos(g_i′, g_j)                    (g_i′: g_i as adjusted so far; g_j: the original)
+if φ_ij < φ̂_ij:   g_i′ ← g_i′ + g_j · ‖g_i′‖ (φ̂_ij √(1 − φ_ij²) − φ_ij √(1 − φ̂_ij²)) / (‖g_j‖ √(1 − φ̂_ij²))
+φ̂_ij ← (1 − β) φ̂_ij + β φ_ij
+d = Σ_i g_i′                             (divided by T with `reduction: mean`)
+```
 
-Every g_i' is a combination of the original gradients, so the procedure runs entirely on the T×T Gram
-matrix (dot products and norms of the combinations), in float64 on the CPU; the direction is Gᵀw with
-exact per-task weights w, which are ``last_weights`` (so ``update_every`` > 1 may reuse them; the EMA then
-only moves on the update steps). The paper applies the rule per layer; here the whole shared vector (or the
-shared representation) is one block. The paper updates the EMA for every pair at every step; LibMTL only
-when the pair was adjusted (``ema_on_conflict_only: true``). A pair with a zero gradient has no cosine: it
-is neither adjusted nor used to update the EMA. The task order is drawn from torch's global RNG.
+After an adjustment cos(g_i′, g_j) = φ̂_ij exactly; with φ̂ = 0 the rule is PCGrad's projection. Equal
+gradients never conflict (cosine 1), so T equal gradients g give T g (g with `mean`).
+
+Every g_i′ is a combination of the original gradients, so the procedure runs entirely on the T×T Gram
+matrix (dot products and norms of the combinations), in float64 on the CPU; the direction is Gᵀw with exact
+per-task weights w (`last_weights`). A pair with a zero gradient has no cosine: it is neither adjusted nor
+used to update the EMA. The task order is drawn from torch's global generator (the runner seeds it); the
+targets φ̂ are a buffer, so they are checkpointed.
+
+**Options.**
+
+- `beta`: β, the EMA rate of the target cosines, in [0, 1].
+- `reduction`: combine the adjusted gradients by `sum` (on the scale of `weighting=equal`) or `mean`.
+- `ema_on_conflict_only`: false updates φ̂_ij for every pair at every step; true only when the pair was
+  adjusted.
+- `grad_source`: `shared_params` (exact) or `representation` (gradients of the shared representation,
+  cheaper).
+- `update_every`: recompute every k steps and reuse the weights in between; φ̂ then moves only on the
+  steps that recompute.
+
+**Departures from the paper.** The paper applies the rule per layer; here the whole
+shared vector, or the shared representation, is one block. The paper updates the EMA for every pair at every
+step (`ema_on_conflict_only: false`); LibMTL's implementation only when the pair was adjusted (`true`).
 """
 
 from __future__ import annotations
@@ -33,17 +50,15 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting, gram_matrix
-
-REDUCTIONS = ("sum", "mean")
+from mtlrun.weighting.base import REDUCTIONS, GradientWeighting, gram_matrix
 
 
 def vaccinate(
     gram: list[list[float]], target: list[list[float]], order: list[list[int]], beta: float, ema_always: bool
 ) -> list[list[float]]:
-    """Run GradVac on a Gram matrix; updates ``target`` in place.
+    """Run GradVac on a Gram matrix; updates `target` in place.
 
-    ``order[i]`` lists the other tasks j in the order task i visits them. Returns the [T][T] coefficients:
+    `order[i]` lists the other tasks j in the order task i visits them. Returns the [T][T] coefficients:
     row i expresses the adjusted g_i' = Σ_k row_i[k] g_k in the original gradients."""
     n = len(gram)
     rows = []
@@ -72,7 +87,6 @@ def vaccinate(
 
 class GradVac(GradientWeighting):
     direction_is_weighted_sum: ClassVar[bool] = True
-    randomized: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -104,12 +118,7 @@ class GradVac(GradientWeighting):
         if self.reduction == "mean":
             weights = weights / n
         self.target_cosine.copy_(torch.tensor(target, dtype=torch.float64))
-        self.last_weights = weights.to(device=grads.device, dtype=self.last_weights.dtype)
-        return weights.to(device=grads.device, dtype=grads.dtype) @ grads
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        # equal gradients never conflict (cosine 1 >= any target): the plain sum (or mean)
-        return (self.num_tasks if self.reduction == "sum" else 1) * g
+        return self.apply_weights(weights, grads)
 
     def summary(self) -> dict:
         names = self.task_names

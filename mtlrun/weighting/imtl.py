@@ -1,20 +1,32 @@
-"""IMTL-G: impartial multi-task learning, gradient part (Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang,
-ICLR 2021, "Towards impartial multi-task learning").
+"""IMTL-G, the gradient part of impartial multi-task learning (Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang,
+"Towards Impartial Multi-task Learning", ICLR 2021).
 
-IMTL-G takes the combination d = sum_t alpha_t g_t, sum_t alpha_t = 1, whose projections on every unit task
-gradient u_t = g_t / ||g_t|| are equal: d . u_1 = d . u_t for all t. With task 1 as reference, the rows
-D_t = g_1 - g_t and U_t = u_1 - u_t (t = 2..T) give the closed form of the paper
+IMTL-G combines the task gradients so that the update has the same projection on every unit task gradient:
+every task sees the same progress along its own direction, whatever its gradient's norm.
 
-    alpha_{2:T} = g_1 U' (D U')^{-1},        alpha_1 = 1 - sum_{t>=2} alpha_t,
+**Update rule.** d = Σ_t α_t g_t with Σ_t α_t = 1 and dᵀu_1 = dᵀu_t for every t, u_t = g_t / ‖g_t‖. With
+task 1 as reference, the rows D_t = g_1 − g_t and U_t = u_1 − u_t (t = 2..T) give the paper's closed form
 
-a (T-1) x (T-1) linear system. The weights may be negative; they sum to 1, so equal gradients give d = g.
+```text
+α_(2:T) = g_1 Uᵀ (D Uᵀ)⁻¹,        α_1 = 1 − Σ_(t≥2) α_t
+```
 
-Guards: a task whose gradient is zero (below machine precision times the largest norm) has no unit
-gradient; it is left out of the equal-projection conditions and gets weight 0 (all rows zero: weights
-1/T, d = 0). The system is solved by least squares with a cut-off on small singular values, so a
+a (T−1)×(T−1) linear system. The weights (`last_weights`) may be negative; they sum to 1, so T equal
+gradients g give d = g.
+
+**Options.**
+
+- `grad_source`: `shared_params` (gradients of the shared parameters) or `representation` (of the shared
+  representation, as the paper does).
+- `update_every`: solve every k steps and reuse the weights in between.
+
+**Departures from the paper.** The paper also has a loss-balancing part (IMTL-L), not included here. Guards
+the paper does not need: a task whose gradient is zero (below machine precision times the largest norm) has
+no unit gradient, so it is left out of the equal-projection conditions and gets weight 0 (all rows zero:
+weights 1/T, d = 0). The system is solved by least squares with a cut-off on small singular values, so a
 singular system (equal or linearly dependent gradients) gets its minimum-norm solution instead of
-overflowing; the differences D and U are formed from the gradients themselves rather than from the Gram
-matrix, which keeps the digits that nearly parallel gradients would cancel.
+overflowing; D and U are formed from the gradients themselves rather than from the Gram matrix, which keeps
+the digits that nearly parallel gradients would cancel.
 """
 
 from __future__ import annotations
@@ -55,5 +67,4 @@ class IMTL(GradientWeighting):
             rest = torch.linalg.lstsq(system, rhs[:, None], rcond=eps * len(keep), driver="gelsd")
             alpha = rest.solution[:, 0]
             weights[keep.cpu()] = torch.cat([1.0 - alpha.sum().reshape(1), alpha])
-        self.last_weights = weights.to(grads.dtype).to(grads.device)
-        return self.last_weights @ grads
+        return self.apply_weights(weights, grads)

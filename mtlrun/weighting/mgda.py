@@ -1,33 +1,61 @@
-"""MGDA: multi-task learning as multi-objective optimisation (Sener & Koltun, NeurIPS 2018).
+"""MGDA, multi-task learning as multi-objective optimisation (Sener & Koltun, "Multi-Task Learning as
+Multi-Objective Optimization", NeurIPS 2018).
 
-The update is the minimum-norm point of the convex hull of the (optionally normalised) task gradients:
+The update is the minimum-norm point of the convex hull of the (optionally normalised) task gradients.
+Either it is 0 (the shared parameters are Pareto-stationary: no direction decreases every loss) or −d
+decreases every task's loss to first order.
 
-    alpha = argmin_{alpha in simplex} || sum_t alpha_t g^_t ||^2,     g^_t = g_t / n_t,
-    d     = sum_t alpha_t g_t                                           (combine=original)
+**Update rule.**
 
-Either d = 0 (the parameters are Pareto-stationary) or -d decreases every task loss: the optimality
-conditions of the min-norm point read g^_t . d^ >= ||d^||^2 for every t, with equality where alpha_t > 0
-(d^ = sum_t alpha_t g^_t).
+```text
+α = argmin_(α ∈ simplex) ‖Σ_t α_t ĝ_t‖²,        ĝ_t = g_t / n_t
+d = Σ_t α_t g_t            (combine: original;   `last_weights` = α)
+d = Σ_t α_t ĝ_t            (combine: normalised; `last_weights` = α / n)
+```
 
-Normalisers n_t (``normalisation``), as in the authors' code (the paper itself uses none): ``none`` 1,
-``l2`` ||g_t||, ``loss`` L_t, ``loss+`` L_t ||g_t||. The authors' code scales the *original* task losses
-by alpha (``combine=original``, d = sum alpha_t g_t, last_weights = alpha); LibMTL sums the normalised
-gradients (``combine=normalised``, d = sum alpha_t g_t / n_t, last_weights = alpha / n). Both are the same
-for ``normalisation=none``.
+The optimality conditions of the min-norm point d̂ = Σ_t α_t ĝ_t are ĝ_tᵀd̂ ≥ ‖d̂‖² for every t, with
+equality where α_t > 0. Both ways of combining agree when every n_t = 1. For two tasks the solution is the
+point of the segment closest to the origin, α_1 = clip((ĝ_2 − ĝ_1)ᵀĝ_2 / ‖ĝ_1 − ĝ_2‖², 0, 1). A zero
+gradient puts the origin in the hull, so d = 0 on that step.
 
-Solver: Frank-Wolfe over the T x T Gram matrix M of the normalised gradients (paper, Algorithm 2). From
-alpha = 1/T, step towards the vertex e_j with the smallest (M alpha)_j, by the exact minimiser of the norm
-on the segment between two points (paper, Algorithm 1): for theta = sum alpha_t g^_t,
+**Solver.** Frank-Wolfe over the T×T Gram matrix M of the normalised gradients (the paper's Algorithm 2).
+From α = 1/T, step towards the vertex e_j with the smallest (Mα)_j, by the exact minimiser of the norm on
+the segment between two points (the paper's Algorithm 1): with θ = Σ_t α_t ĝ_t,
 
-    gamma = clip((theta.theta - theta.g^_j) / ||theta - g^_j||^2, 0, 1),   alpha <- (1 - gamma) alpha + gamma e_j.
+```text
+γ = clip((θᵀθ − θᵀĝ_j) / ‖θ − ĝ_j‖², 0, 1),        α ← (1 − γ) α + γ e_j
+```
 
-Plain Frank-Wolfe zig-zags (sublinear convergence) when the min-norm point lies on a face of the
-simplex, which is the usual case; ``away_steps`` (Lacoste-Julien & Jaggi, NeurIPS 2015) also move away
-from the worst vertex in use, with the same exact line search, which converges linearly and sets unused
-weights exactly to zero. It stops when both optimality gaps are below ``tol`` relative to ||theta||^2, or
-earlier when the exact minimum on the face in use (one (k+1) x (k+1) linear system, tried every few
-iterations and after the last) passes the optimality conditions: the answer is then exact to rounding.
-The same solver serves CAGrad (mtlrun/weighting/cagrad.py).
+Plain Frank-Wolfe zig-zags (sublinear convergence) when the min-norm point lies on a face of the simplex,
+the usual case; away steps (Lacoste-Julien & Jaggi, NeurIPS 2015) also move away from the worst vertex in
+use, with the same exact line search, which converges linearly and sets unused weights exactly to 0. The
+solver stops when both optimality gaps are below `tol` relative to ‖θ‖², or earlier when the exact minimum
+on the face in use (one (k+1)×(k+1) linear system, tried every few iterations and after the last) passes
+the optimality conditions: the answer is then exact to rounding. CAGrad uses the same solver.
+
+**Options.**
+
+- `normalisation`: the n_t that divides each task gradient: `none` (1), `l2` (‖g_t‖), `loss` (L_t) or
+  `loss+` (L_t · ‖g_t‖).
+- `combine`: `original` weighs the original gradients by α (the task losses are scaled by α);
+  `normalised` weighs the normalised gradients.
+- `max_iter`: the most Frank-Wolfe iterations.
+- `tol`: the stopping tolerance on the optimality gaps, relative to ‖θ‖².
+- `away_steps`: also step away from the worst vertex in use; false is the paper's plain Frank-Wolfe.
+- `grad_source`: `shared_params` (MGDA) or `representation` (gradients of the shared representation: the
+  paper's MGDA-UB).
+- `update_every`: solve every k steps and reuse α in between.
+
+**Losses of zero.** With `loss` or `loss+`, a task whose loss is 0 and whose gradient is 0 (a batch with no
+labelled row for it: the masked loss is exactly 0 with a zero gradient) has nothing to normalise; its
+normalised gradient is the zero vector, exactly as under `none` and `l2`, so that step leaves the shared
+parameters where they are. A loss ≤ 0 with a non-zero gradient cannot normalise it (the division would
+flip or blow up the gradient) and stops the run with a `TrainingError` naming the task.
+
+**Departures from the paper.** The paper normalises nothing; the normalisations and the two ways of
+combining come from implementations (`original` from the authors' code, which scales the task losses by α;
+`normalised` from LibMTL). Away steps, the exact face minimum and the stopping rule are additions to the
+paper's Frank-Wolfe, which they reach faster and more exactly.
 """
 
 from __future__ import annotations
@@ -37,7 +65,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mtlrun.errors import ConfigError, check_choice
+from mtlrun.errors import ConfigError, TrainingError, check_choice
 from mtlrun.tasks import Task
 from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
@@ -46,7 +74,7 @@ COMBINE = ("original", "normalised")
 
 
 def _face_minimum(gram: Tensor, alpha: list[float], tol: float) -> Tensor | None:
-    """The exact min-norm point on the face spanned by the support of ``alpha``, when it is the optimum.
+    """The exact min-norm point on the face spanned by the support of `alpha`, when it is the optimum.
 
     Minimising over the affine hull of the support S is a linear system, [M_S 1; 1' 0] [x; -nu] = [0; 1]
     (every point of S at the same dot product with the solution). When x > 0 and no other vertex has a
@@ -84,9 +112,9 @@ def min_norm_weights(
     """Weights on the simplex of the minimum-norm point of the convex hull of T points, from their float64
     Gram matrix [T, T] (CPU).
 
-    Frank-Wolfe with exact line search (and away steps unless ``away_steps=False``), in plain floats: T is
-    small, so Python arithmetic over the T x T matrix beats launching tensor operations. Every
-    ``polish_every`` iterations, the exact minimum on the face in use is tried (:func:`_face_minimum`).
+    Frank-Wolfe with exact line search (and away steps unless `away_steps=False`), in plain floats: T is
+    small, so Python arithmetic over the T×T matrix beats launching tensor operations. Every `polish_every`
+    iterations, the exact minimum on the face in use is tried (`_face_minimum`).
     """
     n = len(gram)
     rows = gram.tolist()
@@ -158,40 +186,39 @@ class MGDA(GradientWeighting):
         self.max_iter = max_iter
         self.tol = tol
         self.away_steps = away_steps
-        self._last_max_normaliser = 1.0
 
     def normalisers(self, gram: Tensor, losses: Tensor | None) -> Tensor:
-        """[T] n_t (float64, on the Gram matrix's device) that divide each task gradient."""
-        tiny = torch.finfo(gram.dtype).tiny
+        """[T] n_t (float64, on the Gram matrix's device) that divide each task gradient. A zero gradient
+        gets n_t = 1: any positive n_t leaves it the zero vector, and 0 / 0 would not."""
         norms = gram.diagonal().clamp_min(0.0).sqrt()
+        ones = torch.ones_like(norms)
         if self.normalisation == "none":
-            return torch.ones_like(norms)
+            return ones
         if self.normalisation == "l2":
-            return norms.clamp_min(tiny)
-        if losses is None or bool((losses <= 0).any()):
+            return torch.where(norms > 0, norms, ones)
+        if losses is None:
             raise ValueError(
-                f"MGDA normalisation '{self.normalisation}' divides by the task losses, which must be "
-                f"given and positive; got {None if losses is None else losses.tolist()}"
+                f"MGDA normalisation '{self.normalisation}' divides by the task losses: "
+                "pass them, aggregate(grads, losses)"
             )
         losses = losses.detach().to(gram.device, gram.dtype)
-        return losses if self.normalisation == "loss" else (losses * norms).clamp_min(tiny)
+        unusable = (losses <= 0) & (norms > 0)
+        if bool(unusable.any()):
+            bad = {self.task_names[t]: float(losses[t]) for t in unusable.nonzero().flatten().tolist()}
+            raise TrainingError(
+                f"weighting=mgda with normalisation={self.normalisation} divides each task's gradient by "
+                f"its loss, but task(s) {bad} have a loss <= 0 and a non-zero gradient, which that "
+                "division would flip or blow up; use weighting.normalisation=l2 (or none), or a loss that "
+                "stays positive"
+            )
+        scale = losses if self.normalisation == "loss" else losses * norms
+        return torch.where(scale > 0, scale, ones)
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
         gram = gram_matrix(grads)
         scale = self.normalisers(gram, losses)
-        normalised = gram / (scale[:, None] * scale[None, :])
+        normalised = gram / scale[:, None] / scale[None, :]  # two divisions: n_i n_j may underflow
         weights = min_norm_weights(normalised, self.max_iter, self.tol, self.away_steps)
         if self.combine == "normalised":
             weights = weights / scale
-        self._last_max_normaliser = float(scale.max())
-        self.last_weights = weights.to(grads.dtype).to(grads.device)
-        return self.last_weights @ grads
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        """``g`` with ``combine=original``; with ``combine=normalised`` the min-norm point of the
-        points g / n_t, which is g / max_t n_t (n_t of the last call: the losses enter it)."""
-        if self.combine == "original" or self.normalisation == "none":
-            return g
-        if self.normalisation == "l2":
-            return g / g.norm()
-        return g / self._last_max_normaliser
+        return self.apply_weights(weights, grads)

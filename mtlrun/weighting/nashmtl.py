@@ -1,31 +1,47 @@
-"""Nash-MTL (Navon et al., ICML 2022, "Multi-Task Learning as a Bargaining Game").
+"""Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learning as a
+Bargaining Game", ICML 2022).
 
-The tasks bargain over the update d = Gᵀα (G: the [T, P] task gradients, M = G Gᵀ its Gram matrix). The Nash
-bargaining solution maximises Σ log(g_iᵀd) over a ball, which gives (paper, Theorem 5.1)
+The tasks bargain over the update d = Gᵀα (G: the [T, P] task gradients, M = G Gᵀ its Gram matrix). The
+Nash bargaining solution maximises Σ_i log(g_iᵀd) over a ball around 0, which gives (the paper's Theorem 5.1)
 
-    α > 0  with  α_i (Mα)_i = 1  for every task i,      d = Σ_i α_i g_i.
+```text
+α > 0  with  α_i (Mα)_i = 1  for every task i,        d = Σ_i α_i g_i
+```
 
-Solver (no cvxpy). Write α_i = β_i / ‖g_i‖: the equation keeps its form on the cosine matrix
-C = D M D (D = diag 1/‖g_i‖, unit diagonal), β_i (Cβ)_i = 1, which is the stationarity condition of the
-strictly convex, self-concordant
+At the solution ‖d‖² = αᵀMα = T: the update has norm √T and depends only on the gradients' directions, not
+on their norms. For T equal gradients g, α_i = 1 / (√T ‖g‖) and d = √T · g / ‖g‖ (before clipping).
 
-    f(β) = ½ βᵀ(C + εI)β − Σ_i log β_i,     ∇f = (C + εI)β − 1/β,     ∇²f = C + εI + diag(1/β²).
+**Solver.** Write α_i = β_i / ‖g_i‖: the equation keeps its form on the cosine matrix C = D M D
+(D = diag(1/‖g_i‖), unit diagonal), β_i (Cβ)_i = 1, which is the stationarity condition of the strictly
+convex, self-concordant
+
+```text
+f(β) = ½ βᵀ(C + εI)β − Σ_i log β_i,     ∇f = (C + εI)β − 1/β,     ∇²f = C + εI + diag(1/β²)
+```
 
 Damped Newton with a backtracking (Armijo) line search that keeps β > 0 converges globally and then
-quadratically; it starts at the best multiple of the ones vector, β₀ = √(T / 1ᵀC1)·1 (exact when the
-gradients are equal or orthogonal) and stops when max_i |β_i((C + εI)β)_i − 1| ≤ tol, typically in 3-8
-iterations, all on the T×T matrix. The tiny ridge ε makes a solution exist when some non-negative
-combination of the gradients vanishes (e.g. two exactly opposite gradients, where the exact α would be
-infinite); it shifts α_i (Mα)_i by ε β_i², negligible otherwise. A task whose gradient is exactly zero
-cannot bargain (α_i (Mα)_i = 0 for any α_i): it is left out and gets α_i = 0.
+quadratically. It starts at the best multiple of the ones vector, β₀ = √(T / 1ᵀC1) · 1 (exact when the
+gradients are equal or orthogonal), and stops when max_i |β_i ((C + εI)β)_i − 1| ≤ `tol`, typically after
+3 to 8 iterations on the T×T matrix. Only the Gram matrix goes to the CPU (float64) for the solve.
 
-At the solution ‖d‖² = αᵀMα = T: the update always has norm √T (for T equal rows g, α_i = 1/(√T‖g‖) and
-d = √T·g/‖g‖), and it depends only on the gradients' directions, not on their norms. ``max_norm`` clips
-the direction's norm as the authors' code does (there ``clip_grad_norm_`` of the shared parameters, 1.0 in
-their experiments), so with the default every update has norm 1 for T ≥ 2; 0 turns it off. The clip is
-folded into the weights, so ``direction == grads.T @ last_weights`` holds and ``update_every`` (the paper's
-own speed trick: solve every k steps and reuse α in between; they use 25 in some experiments) can reuse
-them. Only the Gram matrix goes to the CPU (float64) for the solve.
+**Options.**
+
+- `max_norm`: clip the direction's norm to this value (the clip is folded into the weights, so
+  `direction == grads.T @ last_weights` still holds); 0 turns clipping off. With 1.0 every update of T ≥ 2
+  tasks has norm 1.
+- `ridge`: ε, added to the cosine matrix's diagonal. A solution then exists even when some non-negative
+  combination of the gradients vanishes (two exactly opposite gradients, where the exact α is infinite);
+  it shifts α_i (Mα)_i by ε β_i², negligible otherwise.
+- `tol`: Newton stops when every |β_i ((C + εI)β)_i − 1| is at most this.
+- `max_iter`: the most Newton iterations.
+- `grad_source`: `shared_params` (exact) or `representation` (gradients of the shared representation,
+  cheaper).
+- `update_every`: solve every k steps and reuse α in between, the paper's own speed trick.
+
+**Departures from the paper.** The paper solves a sequence of convex problems with cvxpy; here Newton's
+method solves the equation itself, to `tol`. The authors' code clips the norm of the shared parameters'
+gradient; here `max_norm` clips the direction, before it is written to the parameters. A task whose
+gradient is exactly zero cannot bargain (α_i (Mα)_i = 0 for any α_i): it is left out and gets α_i = 0.
 """
 
 from __future__ import annotations
@@ -39,7 +55,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting, gram_matrix
+from mtlrun.weighting.base import GradientWeighting, cosine_matrix, gram_matrix
 
 
 def nash_bargaining_weights(
@@ -117,11 +133,8 @@ class NashMTL(GradientWeighting):
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
         gram = gram_matrix(grads)
         alpha = torch.zeros(gram.shape[0], dtype=torch.float64)
-        active = gram.diagonal() > 0
+        active, norms, cosine = cosine_matrix(gram)
         if active.any():
-            norms = gram.diagonal()[active].sqrt()
-            cosine = (gram[active][:, active] / norms[:, None] / norms[None, :]).clamp(-1.0, 1.0)
-            cosine.fill_diagonal_(1.0)
             beta, iterations, residual = nash_bargaining_weights(cosine, self.ridge, self.tol, self.max_iter)
             alpha[active] = beta / norms
             self.last_iterations, self.last_residual = iterations, residual
@@ -130,17 +143,7 @@ class NashMTL(GradientWeighting):
                 norm = (alpha @ gram @ alpha).clamp_min(0).sqrt().item()
                 if norm > self.max_norm:
                     alpha = alpha * (self.max_norm / norm)
-        self.last_weights = alpha.to(device=grads.device, dtype=self.last_weights.dtype)
-        return alpha.to(device=grads.device, dtype=grads.dtype) @ grads
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        norm = g.norm()
-        if norm == 0:
-            return torch.zeros_like(g)
-        scale = math.sqrt(self.num_tasks)
-        if self.max_norm > 0:
-            scale = min(scale, self.max_norm)
-        return scale * g / norm
+        return self.apply_weights(alpha, grads)
 
     def summary(self) -> dict:
         return {

@@ -1,19 +1,35 @@
-"""PCGrad: projecting conflicting gradients (Yu, Kumar, Gupta, Levine, Hausman & Finn, NeurIPS 2020).
+"""PCGrad, projecting conflicting gradients (Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for
+Multi-Task Learning", NeurIPS 2020).
 
-Each task gradient g_i is, in turn, projected onto the normal plane of every other task's original
-gradient g_j it conflicts with, the other tasks taken in a random order (paper, Algorithm 1):
+Each task gradient drops its component along every other task's gradient that it conflicts with (negative
+dot product), the other tasks taken in a random order, and the update sums the projected gradients.
+Gradients that do not conflict are left alone, so T equal gradients g give T g (g with `reduction: mean`).
 
-    g_i^PC <- g_i;   for j in shuffle(tasks other than i):   if g_i^PC . g_j < 0:
-                                                              g_i^PC <- g_i^PC - (g_i^PC . g_j / ||g_j||^2) g_j
+**Update rule** (the paper's Algorithm 1):
 
-and the update is the sum of the projected gradients (the paper and the authors' code; ``reduction=mean``
-divides by T, as the popular Pytorch-PCGrad port does by default). On two conflicting tasks:
-d = g_1 - (g_1.g_2/||g_2||^2) g_2 + g_2 - (g_2.g_1/||g_1||^2) g_1.
+```text
+g_i′ ← g_i;   for j in shuffle(tasks other than i):   if g_i′ᵀg_j < 0:   g_i′ ← g_i′ − (g_i′ᵀg_j / ‖g_j‖²) g_j
+d = Σ_i g_i′                              (divided by T with `reduction: mean`)
+```
 
-Every g_i^PC is a combination sum_j C_ij g_j of the original gradients, and every dot product it needs is
-(C G)_ij with G the T x T Gram matrix, so the projections run on T x T matrices (all tasks at once, one
-position of their random orders per round) and the direction is sum_j w_j g_j with w = 1' C: a weighted
-sum of the task gradients, with exact weights. The random orders come from torch's global generator.
+On two conflicting tasks: d = g_1 − (g_1ᵀg_2 / ‖g_2‖²) g_2 + g_2 − (g_2ᵀg_1 / ‖g_1‖²) g_1.
+
+Every g_i′ is a combination Σ_j C_ij g_j of the original gradients, and every dot product it needs is
+(C M)_ij with M the T×T Gram matrix, so the projections run on T×T matrices (all tasks at once, one
+position of their random orders per round) and d = Σ_j w_j g_j with w = 1ᵀC: a weighted sum of the task
+gradients, with exact weights (`last_weights`). The random orders come from torch's global generator (the
+runner seeds it).
+
+**Options.**
+
+- `reduction`: `sum` of the projected gradients (on the scale of `weighting=equal`) or their `mean`.
+- `grad_source`: `shared_params` (the paper) or `representation` (gradients of the shared representation,
+  cheaper).
+- `update_every`: recompute every k steps and reuse the last weights in between.
+
+**Departures from the paper.** None in the rule: the paper and the authors' code sum the projected
+gradients; `reduction: mean` is the convention of a popular port. The projections are computed on the Gram
+matrix instead of on P-dimensional vectors, which gives the same direction up to rounding.
 """
 
 from __future__ import annotations
@@ -25,14 +41,11 @@ from torch import Tensor
 
 from mtlrun.errors import check_choice
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting
-
-REDUCTIONS = ("sum", "mean")
+from mtlrun.weighting.base import REDUCTIONS, GradientWeighting
 
 
 class PCGrad(GradientWeighting):
     direction_is_weighted_sum = True
-    randomized = True
 
     def __init__(
         self,
@@ -64,9 +77,4 @@ class PCGrad(GradientWeighting):
         weights = coef.sum(dim=0)
         if self.reduction == "mean":
             weights = weights / num
-        self.last_weights = weights
-        return weights @ grads
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        """Equal gradients never conflict: the sum T g (``reduction=sum``) or g (``mean``)."""
-        return g * len(self.task_names) if self.reduction == "sum" else g
+        return self.apply_weights(weights, grads)

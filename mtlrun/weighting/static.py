@@ -1,4 +1,16 @@
-"""Static weighting: a fixed weight per task from the config, sum of weighted losses."""
+"""Static weighting: a fixed weight per task, set in the config, and the weighted sum of the task losses.
+
+`objective = Σ_t w_t · L_t` with every w_t fixed for the whole run, one backward pass per step. Sweeping the
+weights traces the static-weight front that reports compare adaptive methods against (`adaptive` is false).
+
+**Options.**
+
+- `weights`: a `{task: weight}` mapping; every weight must be ≥ 0 and every name a task of the run (set one
+  with e.g. `weighting=static +weighting.weights.sum=0.1`).
+- `default`: the weight of every task that `weights` does not list.
+
+**Departures from the paper.** No paper: the usual hand-tuned loss weights.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +21,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import Weighting
+from mtlrun.weighting.base import Weighting, per_task_values
 
 
 class Static(Weighting):
@@ -19,13 +31,7 @@ class Static(Weighting):
         self, tasks: Mapping[str, Task], weights: Mapping[str, float] | None = None, default: float = 1.0
     ):
         super().__init__(tasks)
-        weights = dict(weights or {})
-        unknown = set(weights) - set(self.task_names)
-        if unknown:
-            raise ConfigError(
-                f"weighting.weights: unknown task(s) {sorted(unknown)}; tasks are {', '.join(self.task_names)}"
-            )
-        values = [float(weights.get(t, default)) for t in self.task_names]
+        values = per_task_values("weighting.weights", weights or {}, self.task_names, default)
         if any(v < 0 for v in values):
             raise ConfigError(
                 f"weighting.weights: weights must be >= 0; got {dict(zip(self.task_names, values, strict=True))}"

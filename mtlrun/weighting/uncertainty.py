@@ -1,13 +1,27 @@
-"""Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018), log-variance parameterisation.
+"""Uncertainty weighting (Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for
+Scene Geometry and Semantics", CVPR 2018), in the log-variance parameterisation.
 
-Each task t has a learnable s_t = log sigma_t^2. With L_t the task loss:
+Each task t has a learnable s_t = log σ_t² (in the `weighting` optimizer group): a task with a large learned
+noise σ_t gets a small weight, and the ½ s_t term keeps σ_t from growing without bound.
 
-    regression:      L = 0.5 * exp(-s_t) * L_t + 0.5 * s_t      (Gaussian likelihood, eq. 5)
-    classification:  L = exp(-s_t) * L_t + 0.5 * s_t            (scaled softmax, eq. 10)
+**Update rule.** With L_t the task loss:
 
-For a regression loss that is a mean squared error, the optimum is exp(s_t) = L_t, so the learned
-sigma_t = exp(s_t / 2) estimates the task's noise standard deviation (reported in summary.json). The
-log-variances are the ``weighting`` parameter group.
+```text
+regression:       objective_t = ½ · exp(−s_t) · L_t + ½ · s_t          (Gaussian likelihood)
+classification:   objective_t = exp(−s_t) · L_t + ½ · s_t              (scaled softmax)
+objective = Σ_t objective_t,           `last_weights`_t = ∂objective / ∂L_t
+```
+
+For a regression loss that is a mean squared error the optimum is exp(s_t) = L_t, so the learned
+σ_t = exp(s_t / 2) estimates the task's noise standard deviation (reported in summary.json).
+
+**Options.**
+
+- `init_log_var`: the initial s_t of every task (0 means σ_t = 1).
+- The log-variances' learning rate is `optim.groups.weighting.lr`, not a key of this file.
+
+**Departures from the paper.** The paper writes the classification term as log σ_t; with s_t = log σ_t²
+that is ½ s_t, the same term. Binary and multilabel tasks are weighted like classification.
 """
 
 from __future__ import annotations

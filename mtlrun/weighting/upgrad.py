@@ -1,26 +1,44 @@
-"""UPGrad (Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization"; TorchJD's ``UPGrad``).
+"""UPGrad (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024; the aggregator `UPGrad`
+of their library TorchJD).
 
-Each task gradient g_i is projected onto the dual cone of all task gradients, K = {x : G x >= 0} (the
-updates that increase no task's loss, to first order), and the projections are averaged:
+Each task gradient g_i is projected onto the dual cone of all task gradients, K = {x : G x ≥ 0} (the
+updates that increase no task's loss, to first order), and the projections are averaged, so the update
+conflicts with no task. When no two gradients conflict (every g_iᵀg_j ≥ 0) every g_i already lies in K and
+d is the mean gradient; T equal gradients g give g (T g with `reduction: sum`).
 
-    d = 1/T Σ_i π_K(g_i),        π_K(y) = argmin_{x ∈ K} ‖x − y‖².
+**Update rule.**
 
-Through its dual (paper, Proposition 1), π_K(Gᵀu) = Gᵀ v with v = argmin_{v >= u} vᵀ M v (M = G Gᵀ); for
-u = e_i, v = e_i + λ with λ >= 0 solving the non-negative QP
+```text
+d = 1/T Σ_i π_K(g_i),        π_K(y) = argmin_(x ∈ K) ‖x − y‖²
+```
 
-    min_{λ >= 0} ½ λᵀ M λ + λᵀ M e_i,     KKT: λ >= 0,  μ = M(e_i + λ) = G π_K(g_i) >= 0,  λ ⊙ μ = 0.
+Through its dual (the paper's Proposition 1), π_K(Gᵀu) = Gᵀv with v = argmin_(v ≥ u) vᵀMv (M = G Gᵀ); for
+u = e_i, v = e_i + λ with λ ≥ 0 solving the non-negative quadratic programme
 
-So d = Gᵀ w with w = 1/T Σ_i (e_i + λ^(i)): a weighting of the task gradients. Positive row scalings do not
-change K, so the QPs are solved on the cosine matrix C = D M D (D = diag 1/‖g_i‖, unit diagonal; then
-λ^(i)_k = ‖g_i‖ μ_k / ‖g_k‖), which makes gradients of very different norms harmless. Each QP is solved
-exactly by the Lawson–Hanson active-set method (in its Gram form: only M is needed), in float64 on the CPU:
-at most a few T×T solves per task, accurate to rounding. A zero gradient puts no constraint on K and is left
-out of the QPs. When no two gradients conflict (all g_iᵀg_j >= 0), every λ is 0 and d is the mean gradient.
+```text
+min_(λ ≥ 0) ½ λᵀMλ + λᵀM e_i,       KKT: λ ≥ 0,  μ = M(e_i + λ) = G π_K(g_i) ≥ 0,  λ ⊙ μ = 0
+```
 
-Conventions (TorchJD's defaults, the authors' implementation): the uniform preference 1/T (``reduction:
-mean``; ``sum`` gives T times that, like ``equal``'s sum of losses). TorchJD also divides the Gram matrix
-by its trace (which does not change the QP's solution) and adds ``reg_eps = 1e-4`` to its diagonal for its
-generic QP solver; here ``reg_eps`` (added to C's diagonal) defaults to 0, the exact projection.
+So d = Gᵀw with w = 1/T Σ_i (e_i + λ⁽ⁱ⁾) (`last_weights`): a weighting of the task gradients. Positive row
+scalings do not change K, so the programmes are solved on the cosine matrix C = D M D (D = diag(1/‖g_i‖),
+unit diagonal; then λ⁽ⁱ⁾_k = ‖g_i‖ μ_k / ‖g_k‖), which makes gradients of very different norms harmless.
+Each is solved exactly by the Lawson–Hanson active-set method in its Gram form (only M is needed), in
+float64 on the CPU: at most a few T×T solves per task, accurate to rounding. A zero gradient puts no
+constraint on K and is left out of the programmes.
+
+**Options.**
+
+- `reduction`: the uniform preference: `mean` of the projections or their `sum` (T times larger, on the
+  scale of `weighting=equal`).
+- `reg_eps`: added to the diagonal of the cosine matrix before the programmes are solved; 0 is the exact
+  projection, a positive value trades exactness for robustness on nearly dependent gradients.
+- `grad_source`: `shared_params` (exact) or `representation` (gradients of the shared representation,
+  cheaper).
+- `update_every`: solve every k steps and reuse the weights in between.
+
+**Departures from the paper.** TorchJD divides the Gram matrix by its trace (which does not change the
+solution) and adds a small regularisation to its diagonal for its generic QP solver; here the programmes are
+solved exactly on the cosine matrix and `reg_eps` is the regularisation, applied to C.
 """
 
 from __future__ import annotations
@@ -34,9 +52,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting, gram_matrix
-
-REDUCTIONS = ("mean", "sum")
+from mtlrun.weighting.base import REDUCTIONS, GradientWeighting, cosine_matrix, gram_matrix
 
 
 def _solve_spd(a: list[list[float]], b: list[float]) -> list[float] | None:
@@ -63,7 +79,7 @@ def _solve_spd(a: list[list[float]], b: list[float]) -> list[float] | None:
 
 
 def nonnegative_qp(c: list[list[float]], q: list[float], tol: float = 1e-12) -> tuple[list[float], int]:
-    """argmin_{x >= 0} ½ xᵀ c x + qᵀ x for a PSD c (Lawson–Hanson active set on the Gram form).
+    """argmin_(x >= 0) ½ xᵀ c x + qᵀ x for a PSD c (Lawson–Hanson active set on the Gram form).
 
     Returns (x, number of linear solves). Exact up to rounding: on return, x >= 0, the gradient c x + q is
     >= −tol everywhere and 0 (to rounding) where x > 0."""
@@ -132,12 +148,10 @@ class UPGrad(GradientWeighting):
         n = gram.shape[0]
         lam = torch.zeros(n, n, dtype=torch.float64)
         self.last_solves = 0
-        active = (gram.diagonal() > 0).nonzero().flatten().tolist()
+        mask, norms, cosine = cosine_matrix(gram)
+        active = mask.nonzero().flatten().tolist()
         if len(active) < 2:
             return lam
-        norms = gram.diagonal()[active].sqrt()
-        cosine = (gram[active][:, active] / norms[:, None] / norms[None, :]).clamp(-1.0, 1.0)
-        cosine.fill_diagonal_(1.0)
         if (cosine >= 0).all():
             return lam  # no conflict: every g_i already lies in the cone
         c = (cosine + self.reg_eps * torch.eye(len(active), dtype=torch.float64)).tolist()
@@ -156,8 +170,4 @@ class UPGrad(GradientWeighting):
         weights = (torch.eye(n, dtype=torch.float64) + lam).sum(dim=0)
         if self.reduction == "mean":
             weights = weights / n
-        self.last_weights = weights.to(device=grads.device, dtype=self.last_weights.dtype)
-        return weights.to(device=grads.device, dtype=grads.dtype) @ grads
-
-    def expected_direction_when_equal(self, g: Tensor) -> Tensor:
-        return (1 if self.reduction == "mean" else self.num_tasks) * g
+        return self.apply_weights(weights, grads)

@@ -270,21 +270,6 @@ def test_update_every_is_refused_for_methods_without_weights():
         Projection({"a": None, "b": None}, update_every=2)
 
 
-def test_cosine_of_task_gradients_is_sampled_for_gradient_methods():
-    built = build_objects(small_cfg(["architecture=hard_sharing"]))
-    batch = first_batch(built.data, 8)
-    engine = BackwardEngine(built.model, SumOfTaskGrads(built.tasks), cosine_every=2)
-    for _ in range(4):
-        grads_after_backward(built, engine.weighting, batch, engine)
-    cosines = engine.pop_cosines()
-    assert set(cosines) == {"left~right", "left~sum", "right~sum"}
-    assert all(-1.0 <= v <= 1.0 for v in cosines.values())
-    assert engine.pop_cosines() == {}
-    loss_based = BackwardEngine(built.model, Equal(built.tasks), cosine_every=1)
-    grads_after_backward(built, loss_based.weighting, batch, loss_based)
-    assert loss_based.pop_cosines() == {} and loss_based.backward_passes == 1  # off for loss-based methods
-
-
 def shared_gradient_methods() -> list[str]:
     """The weighting options that act on shared parameters' gradients (``needs_shared_parameters``)."""
     return [

@@ -30,7 +30,7 @@ def pair(c: float, norms: tuple[float, float] = (2.0, 5.0)) -> torch.Tensor:
 
 def test_the_yaml_builds_the_documented_defaults():
     method = build(compose_cfg(["weighting=gradvac"]).weighting, "weighting", tasks=fake_tasks(3))
-    assert isinstance(method, GradVac) and method.randomized and method.direction_is_weighted_sum
+    assert isinstance(method, GradVac) and method.direction_is_weighted_sum
     assert (method.beta, method.reduction, method.ema_on_conflict_only) == (0.01, "sum", False)
     assert torch.equal(method.target_cosine, torch.zeros(3, 3))
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from gradient_families import fake_losses, fake_tasks, matrices
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, MtlrunError, TrainingError
 from mtlrun.weighting.mgda import MGDA, min_norm_weights
 
 
@@ -79,13 +79,34 @@ def test_normalisations_solve_on_the_normalised_gradients(normalisation):
     assert losses is not None
 
 
-def test_loss_normalisation_needs_positive_losses():
+def test_loss_normalisation_needs_the_losses():
     method = MGDA(fake_tasks(2), normalisation="loss").double()
-    grads = torch.randn(2, 5, dtype=torch.float64)
-    with pytest.raises(ValueError, match="losses"):
-        method.aggregate(grads)
-    with pytest.raises(ValueError, match="positive"):
-        method.aggregate(grads, torch.tensor([1.0, -0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="pass them"):
+        method.aggregate(torch.randn(2, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("normalisation", ["l2", "loss", "loss+"])
+@pytest.mark.parametrize("combine", ["original", "normalised"])
+def test_a_task_with_no_labelled_row_is_a_zero_gradient_as_without_normalisation(normalisation, combine):
+    """A masked batch gives a task a loss of exactly 0 and a zero gradient: under every normalisation its
+    normalised gradient is the zero vector, as under none, so the origin is the min-norm point and d = 0."""
+    grads = torch.tensor([[1.0, 2.0, 0.0], [-0.5, 1.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    losses = torch.tensor([0.8, 1.7, 0.0], dtype=torch.float64)
+    method = MGDA(fake_tasks(3), normalisation=normalisation, combine=combine).double()
+    direction = method.aggregate(grads, losses)
+    assert torch.equal(direction, torch.zeros(3, dtype=torch.float64))
+    assert method.last_weights.tolist() == [0.0, 0.0, 1.0]  # all weight on the zero vertex (n_t = 1 there)
+    plain, plain_method = mgda(grads)
+    assert torch.equal(plain, direction) and torch.equal(plain_method.last_weights, method.last_weights)
+
+
+@pytest.mark.parametrize("loss", [0.0, -0.5])
+def test_a_loss_that_cannot_normalise_a_nonzero_gradient_is_a_training_error(loss):
+    grads = torch.tensor([[1.0, 2.0, 0.0], [-0.5, 1.0, 3.0]], dtype=torch.float64)
+    method = MGDA(fake_tasks(2), normalisation="loss").double()
+    with pytest.raises(TrainingError, match=r"task\(s\) \{'t1': " + str(loss) + r"\}.*normalisation=l2"):
+        method.aggregate(grads, torch.tensor([1.2, loss], dtype=torch.float64))
+    assert issubclass(TrainingError, MtlrunError)  # the CLI prints it as a one-paragraph error, exit 1
 
 
 def test_paper_plain_frank_wolfe_approaches_the_same_point_slowly():

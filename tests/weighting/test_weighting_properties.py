@@ -1,14 +1,16 @@
 """Properties every gradient-based method must keep, run over seeded families of gradient matrices.
 
 Parametrized over every option of conf/weighting whose class is gradient-based, so a new method is checked
-without editing this file. Method-specific maths (closed forms, optimality conditions) lives in
-tests/weighting/test_weighting_<method>.py.
+without editing this file. What each method documents for itself (randomized or not, its
+direction for equal gradients) is read from the claims table, tests/weighting/claims.py; method-specific
+maths (closed forms, optimality conditions) lives in tests/weighting/test_weighting_<method>.py.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from claims import CLAIMS
 from conftest import compose_cfg, options
 from gradient_families import fake_losses, fake_tasks, matrices
 
@@ -63,7 +65,7 @@ def test_equal_task_gradients_give_that_gradient_up_to_the_documented_scale(opti
         g = torch.randn(1, 24, generator=torch.Generator().manual_seed(num_tasks), dtype=torch.float64)
         method = make(option, num_tasks)
         direction = aggregate(method, g.repeat(num_tasks, 1))
-        expected = method.expected_direction_when_equal(g[0].clone())
+        expected = CLAIMS[option].direction_when_equal(g[0].clone(), num_tasks)
         assert torch.allclose(direction, expected, rtol=1e-4, atol=1e-6), (
             num_tasks,
             direction[:3],
@@ -73,7 +75,7 @@ def test_equal_task_gradients_give_that_gradient_up_to_the_documented_scale(opti
 
 @pytest.mark.parametrize("option", GRADIENT_OPTIONS)
 def test_permuting_tasks_permutes_the_weights_and_keeps_the_direction(option):
-    if make(option, 3).randomized:
+    if CLAIMS[option].randomized:
         pytest.skip("randomized method: two calls differ by design")
     for label, grads in matrices(task_counts=(3, 5)):
         perm = torch.randperm(len(grads), generator=torch.Generator().manual_seed(7))

@@ -55,7 +55,6 @@ def test_each_weight_has_expectation_one_like_equal_weighting() -> None:
     assert mean.tolist() == pytest.approx([1.0] * 4, abs=0.06)
 
 
-def test_is_declared_randomized_and_follows_the_losses_dtype() -> None:
-    assert RLW.randomized
+def test_follows_the_losses_dtype() -> None:
     objective = RLW(fake_tasks(4)).combine(LOSSES.double())
     assert objective.dtype == torch.float64

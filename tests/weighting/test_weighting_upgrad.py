@@ -36,7 +36,7 @@ def brute_force_projection(grads: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 def test_the_yaml_builds_the_documented_defaults():
     method = build(compose_cfg(["weighting=upgrad"]).weighting, "weighting", tasks=fake_tasks(3))
-    assert isinstance(method, UPGrad) and method.direction_is_weighted_sum and not method.randomized
+    assert isinstance(method, UPGrad) and method.direction_is_weighted_sum
     assert (method.reduction, method.reg_eps) == ("mean", 0.0)
 
 

@@ -203,15 +203,16 @@ def rebuild_model(
 
     tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
     settings = new.task_settings()
-    for task in tasks.values():
-        task.apply_data_settings(new.name, settings.get(task.target, {}))
+    for name, task in tasks.items():
+        task = task.with_data_settings(new.name, settings.get(task.target, {}))
         if task.pos_weight == "auto":
-            if task.name not in pos_weights:
+            if name not in pos_weights:
                 raise DataError(
-                    f"tasks.{task.name}.pos_weight=auto: the run's summary.json does not record the fitted "
+                    f"tasks.{name}.pos_weight=auto: the run's summary.json does not record the fitted "
                     "value; train the run again with this version of mtlrun"
                 )
-            task.pos_weight = float(pos_weights[task.name])
+            task = task.with_fitted(pos_weight=float(pos_weights[name]))
+        tasks[name] = task
     return setup_model(cfg, tasks, new, device), tasks
 
 
@@ -270,7 +271,7 @@ def task_columns(task: Task, estimate: np.ndarray) -> dict[str, np.ndarray]:
         return {task.name: values}
     if task.kind == "binary":
         return {task.name: estimate[:, 0]}
-    names = task.classes if task.kind == "multiclass" else task.columns
+    names = task.class_labels if task.kind == "multiclass" else task.columns
     labels = list(names) if names else list(range(estimate.shape[1]))
     probabilities = {f"{task.name}_p_{label}": estimate[:, i] for i, label in enumerate(labels)}
     if task.kind == "multilabel":

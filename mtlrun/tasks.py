@@ -1,6 +1,9 @@
 """Tasks are data, not subclasses: a name, a kind, a target, a loss, metrics with their directions.
 
-A :class:`Task` is built from the ``tasks.<name>`` node of the config. Its kind fixes how many outputs its
+A :class:`Task` is built from the ``tasks.<name>`` node of the config and is frozen: what the config
+declares never changes. What the run learns about a task from its training data (the class labels, a
+standardised target's scale, ``pos_weight: auto``'s value) is kept apart in :class:`Fitted`; the setup
+steps make a fitted copy (:meth:`Task.with_data_settings`, :meth:`Task.with_pos_weight_fitted`). Its kind fixes how many outputs its
 head has, how predictions turn into probabilities, and which losses and metrics make sense. Metrics come
 from torchmetrics, which also tells each metric's direction (``higher_is_better``).
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -100,23 +103,39 @@ def check_task_name(name: str) -> None:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
+class Fitted:
+    """What the setup learns about a task from the data set (empty until then)."""
+
+    classes: tuple | None = None  # binary/multiclass: the labels the data set found, in index order
+    pos_weight: float | None = None  # binary, ``pos_weight: auto``: n_neg / n_pos of the training split
+    target_scale: tuple[float, float] | None = (
+        None  # regression: (mean, std) the target was standardised with
+    )
+
+
+@dataclass(frozen=True)
 class Task:
-    """One task of a multi-task problem."""
+    """One task of a multi-task problem, as the config declares it, plus what was fitted on the data."""
 
     name: str
     kind: str
     target: str
     num_classes: int | None = None
     loss: str = ""
-    metrics: list[str] = field(default_factory=list)
-    inputs_from: list[str] = field(default_factory=list)
+    metrics: tuple[str, ...] = ()
+    inputs_from: tuple[str, ...] = ()
     detach: bool = True
-    columns: list[str] = field(default_factory=list)  # multilabel: the label columns of a table, in order
-    classes: list | None = None  # binary/multiclass: the original labels, in index order
-    pos_weight: float | str | None = None  # binary: BCE weight of positive rows; "auto" until fitted
+    columns: tuple[str, ...] = ()  # multilabel: the label columns of a table, in order
+    classes: tuple | None = None  # binary/multiclass: the labels as declared, in index order
+    pos_weight: float | str | None = None  # binary: BCE weight of positive rows, or "auto" (fitted)
     standardize: bool = False  # regression: the data set standardises the target (data=tabular)
-    target_scale: tuple[float, float] | None = None  # (mean, std) the target was standardised with
+    fitted: Fitted = field(default_factory=Fitted)
+
+    def _set(self, **values: object) -> None:
+        """Normalise declared values while the task is being built (it is frozen afterwards)."""
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
 
     def __post_init__(self) -> None:
         where = f"tasks.{self.name}"
@@ -128,12 +147,15 @@ class Task:
         self._check_table_options(where)
         if self.kind in ("multiclass", "multilabel") and (self.num_classes is None or self.num_classes < 2):
             raise ConfigError(f"{where}.num_classes: a {self.kind} task needs num_classes >= 2")
-        self.loss = self.loss or next(iter(LOSSES[self.kind]))
+        self._set(loss=self.loss or next(iter(LOSSES[self.kind])))
         if self.loss not in LOSSES[self.kind]:
             raise ConfigError(
                 f"{where}.loss: '{self.loss}' is not a {self.kind} loss; choose one of {', '.join(LOSSES[self.kind])}"
             )
-        self.metrics = list(self.metrics) or list(DEFAULT_METRICS[self.kind])
+        self._set(
+            metrics=tuple(self.metrics) or tuple(DEFAULT_METRICS[self.kind]),
+            inputs_from=tuple(self.inputs_from),
+        )
         for metric in self.metrics:
             if metric not in METRICS[self.kind]:
                 raise ConfigError(
@@ -144,32 +166,32 @@ class Task:
     def _check_table_options(self, where: str) -> None:
         """Check ``columns``, ``classes``, ``pos_weight`` and ``standardize`` against the kind; fill in
         ``num_classes`` from ``columns`` (multilabel) or ``classes`` (multiclass) when it is not given."""
-        self.columns = list(self.columns or [])
+        self._set(columns=tuple(self.columns or ()))
         if self.columns:
             if self.kind != "multilabel":
                 raise ConfigError(f"{where}.columns: only multilabel tasks read several columns; remove it")
             if self.num_classes is None:
-                self.num_classes = len(self.columns)
+                self._set(num_classes=len(self.columns))
             if self.num_classes != len(self.columns):
                 raise ConfigError(
                     f"{where}.num_classes: {self.num_classes}, but columns lists {len(self.columns)} labels; "
                     "make them agree (or leave num_classes out)"
                 )
         if self.classes is not None:
-            self.classes = list(self.classes)
+            self._set(classes=tuple(self.classes))
             if self.kind not in ("binary", "multiclass"):
                 raise ConfigError(
                     f"{where}.classes: only binary and multiclass tasks have classes; remove it"
                 )
             if len(set(map(str, self.classes))) != len(self.classes):
-                raise ConfigError(f"{where}.classes: {self.classes} lists a label twice")
+                raise ConfigError(f"{where}.classes: {list(self.classes)} lists a label twice")
             if self.kind == "binary" and len(self.classes) != 2:
                 raise ConfigError(
-                    f"{where}.classes: a binary task has two classes (negative, positive); got {self.classes}"
+                    f"{where}.classes: a binary task has two classes (negative, positive); got {list(self.classes)}"
                 )
             if self.kind == "multiclass":
                 if self.num_classes is None:
-                    self.num_classes = len(self.classes)
+                    self._set(num_classes=len(self.classes))
                 if self.num_classes != len(self.classes):
                     raise ConfigError(
                         f"{where}.classes: {len(self.classes)} labels, but num_classes is {self.num_classes}; "
@@ -191,27 +213,30 @@ class Task:
         if self.standardize and self.kind != "regression":
             raise ConfigError(f"{where}.standardize: only regression targets are standardised; remove it")
 
-    def apply_data_settings(self, data_name: str, settings: Mapping[str, object]) -> None:
-        """Take what the data set fitted for this task's target (``target_scale``, ``classes``), then check
-        that nothing the task asked for is left unfitted."""
+    def with_data_settings(self, data_name: str, settings: Mapping[str, object]) -> Task:
+        """A copy with what the data set fitted for this task's target (``target_scale``, ``classes``), after
+        checking that nothing the task asked for is left unfitted."""
         unknown = set(settings) - {"target_scale", "classes"}
         if unknown:
             raise ValueError(f"data set {data_name}: unknown task settings {sorted(unknown)}")
+        fitted = self.fitted
         if "target_scale" in settings:
             mean, std = settings["target_scale"]
-            self.target_scale = (float(mean), float(std))
+            fitted = replace(fitted, target_scale=(float(mean), float(std)))
         if "classes" in settings:
-            self.classes = list(settings["classes"])
-        if self.standardize and self.target_scale is None:
+            fitted = replace(fitted, classes=tuple(settings["classes"]))
+        if self.standardize and fitted.target_scale is None:
             raise ConfigError(
                 f"tasks.{self.name}.standardize: data set {data_name} does not standardise targets "
                 "(data=tabular does); remove the option"
             )
+        return replace(self, fitted=fitted)
 
-    def fit_pos_weight(self, target: Tensor, mask: Tensor | None = None) -> None:
-        """Resolve ``pos_weight: auto`` to n_neg / n_pos over the labelled rows of the training split."""
+    def with_pos_weight_fitted(self, target: Tensor, mask: Tensor | None = None) -> Task:
+        """A copy with ``pos_weight: auto`` resolved to n_neg / n_pos over the labelled rows of the training
+        split (the task itself where it declares no ``auto``)."""
         if self.pos_weight != "auto":
-            return
+            return self
         labels = target if mask is None else target[mask]
         positives = int((labels == 1).sum())
         negatives = int(labels.numel()) - positives
@@ -221,7 +246,26 @@ class Task:
                 f"{positives} positive and {negatives} negative labelled rows, so n_neg/n_pos is undefined; "
                 "give pos_weight a number"
             )
-        self.pos_weight = negatives / positives
+        return replace(self, fitted=replace(self.fitted, pos_weight=negatives / positives))
+
+    def with_fitted(self, **values: object) -> Task:
+        """A copy with these :class:`Fitted` values (e.g. a trained run's ``pos_weight``, when predicting)."""
+        return replace(self, fitted=replace(self.fitted, **values))
+
+    @property
+    def class_labels(self) -> tuple | None:
+        """binary/multiclass: the original labels in index order, as declared or as the data set found them."""
+        return self.fitted.classes if self.fitted.classes is not None else self.classes
+
+    @property
+    def positive_weight(self) -> float | None:
+        """binary: the BCE weight of positive rows in effect (``auto`` once fitted); None: unweighted."""
+        return self.fitted.pos_weight if self.pos_weight == "auto" else self.pos_weight
+
+    @property
+    def target_scale(self) -> tuple[float, float] | None:
+        """regression: (mean, std) the data set standardised the target with; None: not standardised."""
+        return self.fitted.target_scale
 
     @property
     def out_dim(self) -> int:
@@ -243,8 +287,9 @@ class Task:
         first: the probabilities then estimate P(y = 1), not w-inflated odds."""
         if self.kind == "multiclass":
             return prediction.softmax(-1)
-        if self.kind == "binary" and isinstance(self.pos_weight, int | float) and self.pos_weight != 1:
-            prediction = prediction - math.log(self.pos_weight)
+        weight = self.positive_weight
+        if self.kind == "binary" and weight is not None and weight != 1:
+            prediction = prediction - math.log(weight)
         return prediction.sigmoid()
 
     def estimate(self, prediction: Tensor) -> Tensor:
@@ -258,12 +303,13 @@ class Task:
     def _loss_options(self, prediction: Tensor) -> dict:
         if self.pos_weight is None:
             return {}
-        if isinstance(self.pos_weight, str):
+        weight = self.positive_weight
+        if weight is None:
             raise ConfigError(
                 f"tasks.{self.name}.pos_weight={self.pos_weight}: not fitted (the runner fits it from the "
-                "training split); give a number when calling losses directly"
+                "training split); fit it with Task.with_pos_weight_fitted, or give a number"
             )
-        return {"pos_weight": torch.tensor(self.pos_weight, dtype=prediction.dtype, device=prediction.device)}
+        return {"pos_weight": torch.tensor(weight, dtype=prediction.dtype, device=prediction.device)}
 
     def loss_per_sample(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Per-sample loss, shape [N] (for masked targets and sample weights)."""
@@ -368,10 +414,10 @@ def build_tasks(tasks_cfg: Mapping[str, Mapping]) -> dict[str, Task]:
             target=spec.pop("target", None) or name,
             num_classes=spec.pop("num_classes", None),
             loss=spec.pop("loss", None) or "",
-            metrics=list(spec.pop("metrics", None) or []),
-            inputs_from=list(spec.pop("inputs_from", None) or []),
+            metrics=tuple(spec.pop("metrics", None) or ()),
+            inputs_from=tuple(spec.pop("inputs_from", None) or ()),
             detach=spec.pop("detach", True),
-            columns=list(spec.pop("columns", None) or []),
+            columns=tuple(spec.pop("columns", None) or ()),
             classes=spec.pop("classes", None),
             pos_weight=spec.pop("pos_weight", None),
             standardize=bool(spec.pop("standardize", False)),

@@ -27,7 +27,7 @@ from mtlrun.data.base import TensorData
 from mtlrun.data.idx import write_idx
 from mtlrun.instantiate import build
 from mtlrun.tasks import build_tasks
-from mtlrun.trainer.setup import setup_data, setup_model
+from mtlrun.trainer.setup import fit_tasks, setup_data, setup_model
 
 CONF = Path(paths.config_dir())
 
@@ -162,6 +162,7 @@ def build_objects(cfg: DictConfig, seed: int = 0) -> SimpleNamespace:
     device = torch.device("cpu")
     tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
     data = setup_data(cfg, tasks, device)
+    tasks = fit_tasks(tasks, data)
     model = setup_model(cfg, tasks, data, device)
     weighting = build(cfg.weighting, "weighting", tasks=tasks)
     return SimpleNamespace(cfg=cfg, tasks=tasks, data=data, model=model, weighting=weighting)

@@ -130,7 +130,7 @@ class TensorData:
 
     def task_settings(self) -> dict[str, dict[str, Any]]:
         """{target: {setting: value}} fitted from the data (e.g. ``target_scale``), applied to the task that
-        reads the target (see ``Task.apply_data_settings``); none here."""
+        reads the target (see ``Task.with_data_settings``); none here."""
         return {}
 
     def save_preprocessing(self, folder: Path) -> None:

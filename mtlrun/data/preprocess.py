@@ -444,7 +444,7 @@ class TablePreprocessor:
 
     # -------------------------------------------------------------------------------------- outputs
     def task_settings(self) -> dict[str, dict[str, Any]]:
-        """{target: settings} for ``Task.apply_data_settings``: fitted classes and target scales."""
+        """{target: settings} for ``Task.with_data_settings``: fitted classes and target scales."""
         settings: dict[str, dict[str, Any]] = {}
         for spec in self.targets:
             if spec.classes is not None:

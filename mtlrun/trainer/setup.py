@@ -58,22 +58,30 @@ def accepts(node: DictConfig, where: str, name: str) -> bool:
 def setup_data(cfg: DictConfig, tasks: Mapping[str, Task], device: torch.device) -> TensorData:
     # data sets that read their targets from the task declarations (data=tabular) take the tasks
     data = build(cfg.data, "data", **({"tasks": tasks} if accepts(cfg.data, "data", "tasks") else {}))
-    settings = data.task_settings()
     for task in tasks.values():
         if task.target not in data.targets:
             raise ConfigError(
                 f"tasks.{task.name}.target: '{task.target}' is not a target of data set {data.name}; "
                 f"available: {', '.join(data.targets)}"
             )
-        task.apply_data_settings(data.name, settings.get(task.target, {}))
+    log.info("data %s: %s, input shape %s", data.name, data.sizes(), list(data.input_shape))
+    return data.to(device)
+
+
+def fit_tasks(tasks: Mapping[str, Task], data: TensorData) -> dict[str, Task]:
+    """The tasks with what the data set fitted for them (classes, target scales) and ``pos_weight: auto``
+    resolved on the training split, after checking every split's labels against them."""
+    settings = data.task_settings()
+    fitted = {}
+    for name, task in tasks.items():
+        task = task.with_data_settings(data.name, settings.get(task.target, {}))
         for split, values in data.splits.items():
             mask = values.mask.get(task.target)
             labels = values.y[task.target]
             task.check_targets(labels if mask is None else labels[mask], split)
         train = data.splits["train"]
-        task.fit_pos_weight(train.y[task.target], train.mask.get(task.target))
-    log.info("data %s: %s, input shape %s", data.name, data.sizes(), list(data.input_shape))
-    return data.to(device)
+        fitted[name] = task.with_pos_weight_fitted(train.y[task.target], train.mask.get(task.target))
+    return fitted
 
 
 def setup_model(
@@ -177,6 +185,7 @@ def setup(cfg: DictConfig) -> Setup:
     device = resolve_device(trainer.device)
     tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
     data = setup_data(cfg, tasks, device)
+    tasks = fit_tasks(tasks, data)
     model = setup_model(cfg, tasks, data, device)
     weighting, warnings = setup_weighting(cfg, tasks, model, device)
     diagnostics = StepDiagnostics(list(tasks), trainer.grad_cosine_every)
@@ -216,7 +225,11 @@ def describe(s: Setup) -> dict:
         "data": {"name": s.data.name, "sizes": s.data.sizes()},
         "tasks": {
             name: {"kind": t.kind, "metrics": t.metrics}
-            | {k: v for k in ("pos_weight", "target_scale") if (v := getattr(t, k)) is not None}
+            | {
+                k: v
+                for k, v in (("pos_weight", t.positive_weight), ("target_scale", t.target_scale))
+                if v is not None
+            }
             for name, t in s.tasks.items()
         },
         "architecture": type(s.model).__name__,

@@ -148,7 +148,7 @@ def test_inputs_from_detach_stops_the_gradient(architecture, detach):
     )
     built = build_objects(cfg)
     model, roles = built.model, built.model.parameter_roles()
-    assert built.tasks["sum"].inputs_from == ["left"] and built.tasks["sum"].detach is detach
+    assert built.tasks["sum"].inputs_from == ("left",) and built.tasks["sum"].detach is detach
 
     # the sum head reads the features plus left's 10 class probabilities
     def head_params(task):

@@ -355,7 +355,7 @@ def test_columns_of_each_kind_by_hand() -> None:
     columns = predict.task_columns(topics, estimate)
     assert list(columns) == ["topics_p_sport", "topics_p_tech", "topics_p_food"]
     assert columns["topics_p_tech"].tolist() == pytest.approx([0.7, 0.25])
-    dwell = Task("dwell", "regression", "dwell", target_scale=(10.0, 2.0))
+    dwell = Task("dwell", "regression", "dwell").with_fitted(target_scale=(10.0, 2.0))
     assert predict.task_columns(dwell, np.array([[0.5], [-1.0]]))["dwell"].tolist() == [11.0, 8.0]
     raw = Task("raw", "regression", "raw")  # not standardised: values as they are
     assert predict.task_columns(raw, np.array([[0.5]]))["raw"].tolist() == [0.5]

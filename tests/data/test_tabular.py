@@ -18,7 +18,7 @@ from mtlrun.data.preprocess import UNKNOWN, TablePreprocessor
 from mtlrun.data.tabular import TabularData
 from mtlrun.errors import ConfigError, DataError
 from mtlrun.tasks import build_tasks
-from mtlrun.trainer.setup import setup_data
+from mtlrun.trainer.setup import fit_tasks, setup_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,9 +141,7 @@ def test_regression_targets_standardised_with_metrics_in_original_units(tmp_path
     from mtlrun.trainer.evaluate import evaluate
 
     data = load(write(table(), tmp_path))
-    tasks = build_tasks(TASKS)
-    for task in tasks.values():
-        task.apply_data_settings(data.name, data.task_settings().get(task.target, {}))
+    tasks = fit_tasks(build_tasks(TASKS), data)
     mean, std = 35.0, float(np.std(10.0 * np.arange(8)))
     assert tasks["dwell"].target_scale == pytest.approx((mean, std))
 
@@ -169,11 +167,13 @@ def test_pos_weight_auto_is_negatives_over_positives_of_the_labelled_training_ro
     tasks = build_tasks({"click": {"kind": "binary", "pos_weight": "auto"}, "purchase": {"kind": "binary"}})
     cfg.data.numeric, cfg.data.categorical = ["item_price"], ["device"]
     data = setup_data(cfg, tasks, torch.device("cpu"))
+    fitted = fit_tasks(tasks, data)
     click = data.splits["train"].y["click"]
     assert len(click) == 400
     positives = int(click.sum())
-    assert tasks["click"].pos_weight == pytest.approx((400 - positives) / positives)
-    assert tasks["purchase"].pos_weight is None and "purchase" in data.splits["train"].mask
+    assert fitted["click"].positive_weight == pytest.approx((400 - positives) / positives)
+    assert tasks["click"].pos_weight == "auto"  # the declared task is left as the config says
+    assert fitted["purchase"].positive_weight is None and "purchase" in data.splits["train"].mask
 
 
 def test_random_split_separate_files_and_parquet(tmp_path):

@@ -1,5 +1,6 @@
 """Tasks (mtlrun.tasks): losses per kind, label checks, config validation, metric directions, estimates."""
 
+import dataclasses
 import math
 
 import pytest
@@ -70,7 +71,7 @@ def test_defaults_per_kind():
     for kind in KINDS:
         task = make_task(kind)
         assert task.loss == next(iter(LOSSES[kind]))
-        assert task.metrics == DEFAULT_METRICS[kind]
+        assert list(task.metrics) == DEFAULT_METRICS[kind]
     assert make_task("multiclass").out_dim == C and make_task("regression").out_dim == 1
 
 
@@ -269,3 +270,20 @@ def test_pos_weight_probabilities_stay_calibrated() -> None:
     assert float(task.estimate(logit.detach().view(1, 1))) == pytest.approx(0.2, abs=1e-4)
     unweighted = Task(name="click", kind="binary", target="click")
     assert float(unweighted.probabilities(torch.zeros(1))) == 0.5
+
+
+def test_the_declared_task_is_frozen_and_fitting_makes_a_copy():
+    declared = Task(name="click", kind="binary", target="click", pos_weight="auto")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        declared.pos_weight = 2.0
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    fitted = declared.with_pos_weight_fitted(labels).with_data_settings("t", {"classes": ["no", "yes"]})
+    assert fitted.positive_weight == pytest.approx(2.0) and fitted.class_labels == ("no", "yes")
+    assert declared.positive_weight is None and declared.class_labels is None  # untouched
+    assert fitted.pos_weight == "auto"  # what the config declared stays readable
+    # unfitted auto cannot weigh a loss: the message says how to fit it
+    with pytest.raises(ConfigError, match="not fitted"):
+        declared.loss_mean(torch.zeros(6), labels)
+    assert fitted.loss_mean(torch.zeros(6), labels).item() == pytest.approx(
+        math.log(2) * (2 * 2.0 + 4) / 6  # positives weigh 2: BCE(0 logit) = log 2 per row
+    )

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mtlrun import resume, rundir, schema
-from mtlrun.errors import MtlrunError
+from mtlrun.errors import DataError, MtlrunError
 
 log = logging.getLogger("mtlrun")
 
@@ -30,12 +30,14 @@ FAILED_JOBS: list[str] = []
 
 def job_statuses(sweep_dir: Path) -> dict[str, dict]:
     """{job folder: summary} for every job folder under ``sweep_dir`` that has a summary.json (one that cannot
-    be read counts as a failed job that says so)."""
-    return {
-        str(p.parent): rundir.read_summary(p.parent)
-        or {"status": "unreadable", "error": f"{p} cannot be read: it is not the JSON mtlrun writes"}
-        for p in sorted(sweep_dir.glob("*/summary.json"))
-    }
+    be read counts as a failed job whose error says why)."""
+    statuses = {}
+    for path in sorted(sweep_dir.glob(f"*/{rundir.SUMMARY}")):
+        try:
+            statuses[str(path.parent)] = rundir.load_summary(path.parent)
+        except DataError as err:
+            statuses[str(path.parent)] = {"status": "unreadable", "error": str(err)}
+    return statuses
 
 
 def write_sweep_report(sweep_dir: Path, plots: bool = True) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtlrun import rundir
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task, build_tasks
 
@@ -43,12 +44,7 @@ class Objective:
 
 def validation_metrics(summary: Mapping[str, Any], tasks: Mapping[str, Task]) -> dict[str, float]:
     """{"task/metric": value} of the selected epoch's validation metrics, declared metrics only (no losses)."""
-    val = summary.get("val") or {}
-    return {
-        f"{name}/{metric}": float(val.get(name, {}).get(metric, math.nan))
-        for name, task in tasks.items()
-        for metric in task.metrics
-    }
+    return rundir.selected_metrics(summary, "val", {name: task.metrics for name, task in tasks.items()})
 
 
 def _number(value: Any) -> float:

@@ -20,7 +20,6 @@ torch and pandas are imported when predicting, so ``mtlrun predict --help`` answ
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtlrun import rundir
 from mtlrun.errors import ConfigError, DataError, MtlrunError, check_choice
 
 if TYPE_CHECKING:
@@ -175,18 +175,12 @@ def check_run(run_dir: Path, checkpoint: str) -> Path:
 
 def run_status(run_dir: Path) -> str | None:
     """The ``status`` of the run's summary.json (None when it cannot be read)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+    return (rundir.read_summary(run_dir) or {}).get("status")
 
 
 def fitted_pos_weights(run_dir: Path) -> dict[str, float]:
     """{task: pos_weight} as the run fitted it (``pos_weight: auto``), from its summary.json."""
-    try:
-        described = json.loads((run_dir / "summary.json").read_text()).get("tasks", {})
-    except (OSError, ValueError):
-        return {}
+    described = (rundir.read_summary(run_dir) or {}).get("tasks") or {}
     return {name: t["pos_weight"] for name, t in described.items() if "pos_weight" in t}
 
 

@@ -79,7 +79,7 @@ def saved_config(folder: Path) -> DictConfig:
         ) from None
     if not isinstance(cfg, DictConfig) or "trainer" not in cfg:
         raise ConfigError(f"resume={folder}: {path} is not an mtlrun run config; start the run again")
-    try:  # typed like a composed config (enums, and defaults for keys added since the run started)
+    try:  # typed like a composed config (enums); a key the saved file lacks stays ??? (see continued_config)
         return OmegaConf.merge(OmegaConf.structured(MtlrunConfig), cfg)
     except Exception as err:
         raise ConfigError(f"resume={folder}: {path} does not fit mtlrun's config schema ({err})") from None
@@ -94,6 +94,10 @@ def continued_config(cfg: DictConfig, base: DictConfig) -> DictConfig:
     """
     source = source_folder(cfg.resume)
     saved = saved_config(source)
+    for key in OmegaConf.missing_keys(
+        saved
+    ):  # a key added to mtlrun after the run was saved: today's default
+        OmegaConf.update(saved, key, OmegaConf.select(base, key), merge=False)
     wanted, default = _leaves(cfg), _leaves(base)
     saved_leaves = _leaves(saved)
     changes = {}

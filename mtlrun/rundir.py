@@ -19,10 +19,13 @@ import errno
 import fcntl
 import itertools
 import json
+import math
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, DataError
 
 LOCK_FILE = ".mtlrun.lock"
 SUMMARY = "summary.json"
@@ -94,13 +97,43 @@ def is_live(folder: Path) -> bool:
     return False
 
 
-def read_summary(folder: Path) -> dict | None:
-    """The folder's summary.json, or None when it has none or it does not parse."""
+def load_summary(folder: Path) -> dict:
+    """The folder's summary.json; a DataError names the file and what is wrong with it (missing, binary,
+    not valid JSON, not a JSON object)."""
+    file = folder / SUMMARY
     try:
-        summary = json.loads((folder / SUMMARY).read_text())
-    except (OSError, ValueError):
+        summary = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{file}: not a text file (binary data)") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file}: not valid JSON ({err}; cut off or damaged)") from None
+    except OSError as err:
+        raise DataError(f"{file}: cannot be read ({err.strerror or err})") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{file}: holds a JSON {type(summary).__name__}, not the object mtlrun writes")
+    return summary
+
+
+def read_summary(folder: Path) -> dict | None:
+    """The folder's summary.json, or None when it has none or it cannot be read (:func:`load_summary` says
+    why)."""
+    try:
+        return load_summary(folder)
+    except DataError:
         return None
-    return summary if isinstance(summary, dict) else None
+
+
+def selected_metrics(
+    summary: Mapping[str, Any], split: str, declared: Mapping[str, Iterable[str]]
+) -> dict[str, float]:
+    """{"task/metric": value} of the selected epoch on ``split`` (val or test) as summary.json records it,
+    for the ``declared`` metrics ({task: metric names}; losses are not metrics); NaN where one is missing."""
+    values = summary.get(split) or {}
+    return {
+        f"{task}/{metric}": float(values.get(task, {}).get(metric, math.nan))
+        for task, metrics in declared.items()
+        for metric in metrics
+    }
 
 
 def status(folder: Path, summary: dict | None = None) -> str | None:

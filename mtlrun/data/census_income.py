@@ -41,9 +41,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mtlrun.data import files
 from mtlrun.data.base import SPLITS
+from mtlrun.data.files import resolve_path
 from mtlrun.data.preprocess import TablePreprocessor, shown
-from mtlrun.data.table_io import resolve_path
 from mtlrun.data.tabular import TabularData
 from mtlrun.errors import ConfigError, DataError
 
@@ -101,7 +102,7 @@ DERIVED = {
 
 
 def expected_files() -> str:
-    return ", ".join(f"{name}[.gz]" for name in FILES.values())
+    return files.expected_files(FILES)
 
 
 def find_files(root: Path) -> dict[str, Path]:
@@ -111,18 +112,7 @@ def find_files(root: Path) -> dict[str, Path]:
         f"data=census_income reads {expected_files()} (headerless, 42 columns) from data.root; get them from "
         f"{SOURCE}, put both in one directory and pass it as data.root=DIR (mtlrun downloads nothing)"
     )
-    if not root.is_dir():
-        raise DataError(f"data.root: {root} is not a directory; {hint}")
-    found, missing = {}, []
-    for key, name in FILES.items():
-        present = [path for path in (root / name, root / f"{name}.gz") if path.is_file()]
-        if present:
-            found[key] = present[0]
-        else:
-            missing.append(f"{name}[.gz]")
-    if missing:
-        raise DataError(f"data.root: {root} has no {' or '.join(missing)}; {hint}")
-    return found
+    return files.find_files(root, FILES, hint)
 
 
 def read_census_file(path: Path) -> pd.DataFrame:

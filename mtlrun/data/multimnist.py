@@ -40,7 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtlrun.data import files
 from mtlrun.data.base import SPLITS, Split, TensorData
+from mtlrun.data.files import resolve_path
 from mtlrun.data.idx import read_idx
 from mtlrun.errors import ConfigError, DataError
 
@@ -68,23 +70,8 @@ CACHED = ("x", "left", "right", "left_index", "right_index")  # tensors cached p
 CACHE_VERSION = 1  # bump when the construction changes, so old caches are not reused
 
 
-def launch_dir() -> Path:
-    """The directory ``mtlrun`` was started from (Hydra's ``runtime.cwd`` inside a run, else the cwd)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.cwd)
-    return Path(os.getcwd())
-
-
-def resolve_path(path: str | Path) -> Path:
-    """``path`` with ``~`` expanded; a relative path is taken relative to :func:`launch_dir`."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else launch_dir() / path
-
-
 def expected_files() -> str:
-    return ", ".join(f"{stem}[.gz]" for stem in FILES.values())
+    return files.expected_files(FILES)
 
 
 def find_files(root: Path, name: str) -> dict[str, Path]:
@@ -95,19 +82,7 @@ def find_files(root: Path, name: str) -> dict[str, Path]:
         f"get them from {where}, put them in one directory and pass it as data.root=DIR "
         "(mtlrun downloads nothing)"
     )
-    if not root.is_dir():
-        raise DataError(f"data.root: {root} is not a directory; {hint}")
-    found, missing = {}, []
-    for key, stem in FILES.items():
-        candidates = [root / stem, root / f"{stem}.gz"]
-        present = [path for path in candidates if path.is_file()]
-        if present:
-            found[key] = present[0]
-        else:
-            missing.append(f"{stem}[.gz]")
-    if missing:
-        raise DataError(f"data.root: {root} has no {', '.join(missing)}; {hint}")
-    return found
+    return files.find_files(root, FILES, hint)
 
 
 def load_source(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -194,12 +169,14 @@ class MultiMNIST(TensorData):
             raise ConfigError(
                 f"data.val_size: {val_size} source images; the validation pool needs at least 2"
             )
-        self.root = resolve_path(root)
+        self.root = resolve_path(root, "data.root", f"DIR holding {expected_files()}")
         self.files = find_files(self.root, name)
         params = {"val_size": val_size, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed}
         self.cache_path = None
         if cache:
-            directory = resolve_path(cache_dir) if cache_dir else self.root / ".mtlrun_cache"
+            directory = (
+                resolve_path(cache_dir, "data.cache_dir") if cache_dir else self.root / ".mtlrun_cache"
+            )
             self.cache_path = directory / f"{name}-{self._cache_key(params)}.pt"
         arrays = self._load_cache()
         self.from_cache = arrays is not None

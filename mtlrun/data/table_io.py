@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtlrun.data.files import resolve_path, start_directory
 from mtlrun.data.preprocess import check_columns
 from mtlrun.errors import DataError
 
@@ -33,25 +34,6 @@ SIGNATURES = {
     b"%PDF": "a PDF document",
     b"\x80": "a Python pickle (e.g. an old torch .pt file)",
 }
-
-
-def start_directory() -> Path:
-    """Where ``mtlrun`` was started: Hydra's runtime.cwd during a Hydra run, else the current directory."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        cwd = HydraConfig.get().runtime.get("cwd")
-        if cwd:
-            return Path(cwd)
-    return Path(os.getcwd())
-
-
-def resolve_path(path: str | os.PathLike, key: str = "data.path") -> Path:
-    """An absolute path: ``~`` expanded, relative paths taken from :func:`start_directory`."""
-    if path is None or str(path) == "":
-        raise DataError(f"{key}: no file given; set {key}=<your .csv or .parquet file>")
-    resolved = Path(path).expanduser()
-    return resolved if resolved.is_absolute() else start_directory() / resolved
 
 
 def file_format(path: Path) -> str:

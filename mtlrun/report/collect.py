@@ -17,7 +17,6 @@ last line was cut off (a run killed while writing it) is read without that line.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +28,9 @@ import yaml
 
 from mtlrun import rundir
 from mtlrun.errors import DataError
+from mtlrun.rundir import SUMMARY
+from mtlrun.trainer.outputs import METRIC_COLUMNS, METRICS  # the file and header mtlrun writes
 
-SUMMARY = "summary.json"
-METRICS = "metrics.csv"
-METRIC_COLUMNS = ("epoch", "step", "split", "task", "metric", "value")  # the header mtlrun writes
 OPTUNA_RESULTS = "optimization_results.yaml"
 # the summary.json keys the report reads, and the JSON types mtlrun writes them as (when not null)
 SUMMARY_TYPES = {
@@ -127,12 +125,8 @@ class Run:
 
     def metric_values(self, split: str) -> dict[str, float]:
         """{"task/metric": value} of the selected epoch on ``split`` (val or test), declared metrics only."""
-        values = self.summary.get(split) or {}
-        return {
-            f"{task}/{metric}": float(values.get(task, {}).get(metric, math.nan))
-            for task, spec in self.tasks().items()
-            for metric in spec.get("metrics", [])
-        }
+        declared = {task: spec.get("metrics", []) for task, spec in self.tasks().items()}
+        return rundir.selected_metrics(self.summary, split, declared)
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         """{task: {"kind": ..., "metrics": [...]}} from summary.json, else from the resolved config."""
@@ -194,21 +188,14 @@ def _first_line(err: BaseException) -> str:
 
 
 def read_summary(path: Path) -> dict[str, Any]:
-    """summary.json as a dict; a DataError names the file and what is wrong with it."""
-    file = path / SUMMARY
-    try:
-        summary = json.loads(file.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{file}: not a text file (binary data)") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{file}: not valid JSON ({err}; cut off or damaged)") from None
-    except OSError as err:
-        raise DataError(f"{file}: cannot be read ({err.strerror or err})") from None
-    if not isinstance(summary, dict):
-        raise DataError(f"{file}: holds a JSON {type(summary).__name__}, not the object mtlrun writes")
+    """summary.json as a dict; a DataError names the file and what is wrong with it (also a key the report
+    reads that holds another JSON type than mtlrun writes)."""
+    summary = rundir.load_summary(path)
     for key, kinds in SUMMARY_TYPES.items():
         if summary.get(key) is not None and not isinstance(summary[key], kinds):
-            raise DataError(f"{file}: '{key}' holds a {type(summary[key]).__name__}, not what mtlrun writes")
+            raise DataError(
+                f"{path / SUMMARY}: '{key}' holds a {type(summary[key]).__name__}, not what mtlrun writes"
+            )
     return summary
 
 

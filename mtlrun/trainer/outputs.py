@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+METRICS = "metrics.csv"
 METRIC_COLUMNS = ["epoch", "step", "split", "task", "metric", "value"]
 TEMP_SUFFIX = ".tmp"  # temporary files are hidden: .<name>.<pid>.<random>.tmp
 

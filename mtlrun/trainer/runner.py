@@ -27,7 +27,13 @@ from mtlrun.provenance import provenance
 from mtlrun.trainer import checkpoint
 from mtlrun.trainer.checkpoint import BEST_MODEL, CHECKPOINT, Checkpoints
 from mtlrun.trainer.evaluate import evaluate
-from mtlrun.trainer.outputs import MetricsWriter, atomic_write_text, keep_metric_rows, remove_temporary_files
+from mtlrun.trainer.outputs import (
+    METRICS,
+    MetricsWriter,
+    atomic_write_text,
+    keep_metric_rows,
+    remove_temporary_files,
+)
 from mtlrun.trainer.progress import EpochBar
 from mtlrun.trainer.report import results_table
 from mtlrun.trainer.setup import Setup, describe, setup
@@ -37,7 +43,6 @@ from mtlrun.trainer.summary import RunRecord
 log = logging.getLogger("mtlrun")
 
 CONFIG_FILE = "config.yaml"
-METRICS = "metrics.csv"
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

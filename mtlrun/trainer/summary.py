@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrun import rundir, signals
+from mtlrun.rundir import SUMMARY
 from mtlrun.trainer.outputs import write_json
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from mtlrun.trainer.state import TrainState
 
 log = logging.getLogger("mtlrun")
-
-SUMMARY = "summary.json"
 
 
 class RunRecord:

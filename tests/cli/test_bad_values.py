@@ -118,7 +118,9 @@ RESERVED = ("rename the task", "Reserved names: all, model")
 CASES: dict[str, Case] = {
     # ------------------------------------------------------------------ trainer settings and seed
     "epochs zero": Case(("trainer.epochs=0",), ("trainer.epochs", ">= 1")),
-    "epochs missing": Case(("trainer.epochs=???",), ("trainer.epochs: no value", "conf/trainer/default.yaml")),
+    "epochs missing": Case(
+        ("trainer.epochs=???",), ("trainer.epochs: no value", "conf/trainer/default.yaml")
+    ),
     "epochs negative": Case(("trainer.epochs=-3",), ("trainer.epochs", ">= 1")),
     "batch size zero": Case(("trainer.batch_size=0",), ("trainer.batch_size", ">= 1")),
     "eval batch size zero": Case(("trainer.eval_batch_size=0",), ("trainer.eval_batch_size", ">= 1")),

@@ -146,12 +146,13 @@ def fake_summary(val: dict, monitor_value: float | None = 1.25) -> dict:
     return {"status": "completed", "monitor_value": monitor_value, "val": val, "test": val}
 
 
-def write_run(folder: Path, val: dict, architecture: str = "SingleTask", status: str = "completed") -> None:
-    """A run folder with only what the baseline reads: summary.json (data, tasks, status, val metrics)."""
+def write_run(folder: Path, val: dict, single_task: bool = True, status: str = "completed") -> None:
+    """A run folder with only what the baseline reads: summary.json (status, whether its architecture trains
+    the tasks independently, data, tasks, val metrics)."""
     folder.mkdir(parents=True)
     summary = {
         "status": status,
-        "architecture": architecture,
+        "independent_tasks": single_task,
         "data": {"name": "multidigits"},
         "tasks": {"left": {"kind": "multiclass", "metrics": ["accuracy"]}, "sum": {"metrics": ["mae"]}},
         "val": val,
@@ -172,7 +173,7 @@ def test_delta_m_objective_against_a_sweep_of_single_task_runs(tmp_path: Path):
     # Two single-task seeds form the baseline (their mean); a multi-task run and a failed one are ignored.
     write_run(tmp_path / "0", {"left": {"accuracy": 0.8}, "sum": {"mae": 1.0}})
     write_run(tmp_path / "1", {"left": {"accuracy": 0.9}, "sum": {"mae": 1.5}})
-    write_run(tmp_path / "2", {"left": {"accuracy": 0.1}, "sum": {"mae": 9.0}}, architecture="HardSharing")
+    write_run(tmp_path / "2", {"left": {"accuracy": 0.1}, "sum": {"mae": 9.0}}, single_task=False)
     write_run(tmp_path / "3", {"left": {"accuracy": 0.0}, "sum": {"mae": 0.0}}, status="failed")
     assert load_baseline(str(tmp_path)) == pytest.approx({"left/accuracy": 0.85, "sum/mae": 1.25})
     cfg = compose_cfg(
@@ -192,7 +193,7 @@ def test_delta_m_objective_checks_its_baseline_before_training(tmp_path: Path):
         build_objective(compose_cfg(["objective.metric=delta_m"]))
     with pytest.raises(ConfigError, match="no such file"):
         build_objective(compose_cfg(["objective.metric=delta_m", f"objective.baseline={tmp_path / 'nope'}"]))
-    write_run(tmp_path / "mt", {"left": {"accuracy": 0.8}, "sum": {"mae": 1.0}}, architecture="HardSharing")
+    write_run(tmp_path / "mt", {"left": {"accuracy": 0.8}, "sum": {"mae": 1.0}}, single_task=False)
     with pytest.raises(ConfigError, match="no completed single-task run"):
         build_objective(compose_cfg(["objective.metric=delta_m", f"objective.baseline={tmp_path}"]))
     write_run(tmp_path / "st", {"left": {"accuracy": 0.8}, "sum": {"mae": 1.0}})

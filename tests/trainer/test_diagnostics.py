@@ -39,7 +39,9 @@ def expected_cosines(built, batch) -> dict[str, float]:
     ]
     names = list(built.tasks)
     cos = cosine_matrix(torch.stack(rows))
-    return {f"{names[i]}~{names[j]}": cos[i, j].item() for i, j in itertools.combinations(range(len(names)), 2)}
+    return {
+        f"{names[i]}~{names[j]}": cos[i, j].item() for i, j in itertools.combinations(range(len(names)), 2)
+    }
 
 
 def test_sampled_cosines_equal_those_of_independent_task_gradients():

@@ -251,3 +251,21 @@ def test_the_same_signal_twice_within_a_second_counts_once(
     assert not stop.value.at_once and stop.value.exit_code == 143
     assert summary(tmp_path)["status"] == "interrupted"
     assert runner.checkpoint.load(tmp_path / "checkpoint.pt")["state"]["step"] == 5  # step 5 finished
+
+
+def test_a_saved_config_without_a_newer_key_resumes_with_todays_default(tmp_path: Path) -> None:
+    """A run saved before a key existed (here: trainer.checkpoint_minutes removed from its config.yaml)
+    continues with the shipped YAML's default for it, not with a missing value."""
+    import yaml
+
+    from mtlrun.resume import continued_config
+
+    run = tmp_path
+    runner.run(compose_cfg(SMOKE), run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["trainer"]["checkpoint_minutes"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    base = compose_cfg([])
+    continued = continued_config(compose_cfg([f"resume={run}"]), base)
+    assert continued.trainer.checkpoint_minutes == base.trainer.checkpoint_minutes == 10
+    assert continued.trainer.epochs == 3  # the run's own values stay

@@ -17,8 +17,10 @@ from types import SimpleNamespace
 
 import hydra
 import numpy as np
+import pytest
 import torch
 from census_files import write_census_files
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -175,3 +177,11 @@ def first_batch(data, size: int = 8, split: str = "train") -> dict:
 def nonzero(grad: torch.Tensor | None) -> bool:
     """Whether a ``.grad`` carries any signal (None counts as zero)."""
     return grad is not None and bool(grad.abs().sum() > 0)
+
+
+@pytest.fixture(autouse=True)
+def no_hydra_run_left_over():
+    """A test that runs a Hydra job in this process (a sweep through a launcher) leaves Hydra's global run
+    config behind; code that asks whether a Hydra run is active (relative paths) must not see it later."""
+    yield
+    HydraConfig.instance().cfg = None

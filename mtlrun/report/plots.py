@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,12 +127,13 @@ def plot_task_weights(report: Report, path: Path) -> Path | None:
     if not report.configurations:
         return None
     fig, axes = _figure(len(report.configurations))
-    for ax, config in zip(axes, report.configurations, strict=True):
+    labels = short_labels([config.label for config in report.configurations])
+    for ax, config, label in zip(axes, report.configurations, labels, strict=True):
         for task in config.runs[0].tasks():
             curve = _mean_curve(config.runs, "train", task, "weight")
             if not curve.empty:
                 ax.plot(curve.index, curve.values, marker=".", label=task)
-        ax.set_title(config.label, fontsize="small")
+        ax.set_title(_title(label), fontsize="small")
         ax.set_xlabel("epoch")
         ax.set_ylabel("task weight")
         ax.legend(fontsize="x-small")
@@ -140,7 +142,28 @@ def plot_task_weights(report: Report, path: Path) -> Path | None:
 
 
 def _is_static(runs: Sequence[Run]) -> bool:
-    return runs[0].has_fixed_weights
+    """A point of the static-weight front: fixed weights on a model whose tasks share (the single-task
+    baseline has fixed weights too, but is a point of its own)."""
+    return runs[0].has_fixed_weights and not all(run.is_single_task for run in runs)
+
+
+def pareto_front(xs: Sequence[float], ys: Sequence[float], x_up: bool, y_up: bool) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (``*_up``: higher is better), in
+    order of x: the line a weight sweep traces."""
+    sx, sy = (1 if x_up else -1), (1 if y_up else -1)
+    keep = [
+        i
+        for i in range(len(xs))
+        if not any(
+            sx * xs[j] >= sx * xs[i] and sy * ys[j] >= sy * ys[i] and (xs[j], ys[j]) != (xs[i], ys[i])
+            for j in range(len(xs))
+        )
+    ]
+    return sorted(keep, key=lambda i: xs[i])
+
+
+def _title(label: str, width: int = 42) -> str:
+    return "\n".join(textwrap.wrap(label, width)) or label
 
 
 def short_labels(labels: list[str]) -> list[str]:
@@ -161,8 +184,9 @@ def short_labels(labels: list[str]) -> list[str]:
 
 def plot_tradeoff(report: Report, path: Path) -> Path | None:
     """The two tasks' first metrics of every configuration; None unless the runs have exactly two tasks.
-    Static-weight configurations are joined in their sweep order (the front a weight sweep traces) and
-    annotated with their weights; every other configuration is a point named in the legend."""
+    Static-weight configurations are grey points annotated with their weights, the best of them (the Pareto
+    front) joined by a line; every other configuration is a point named in the legend, the single-task
+    baseline a star."""
     tasks = list(dict.fromkeys(key.split("/", 1)[0] for key in report.metrics))
     if len(tasks) != 2 or report.table.empty:
         return None
@@ -172,7 +196,17 @@ def plot_tradeoff(report: Report, path: Path) -> Path | None:
     static = [i for i, c in enumerate(report.configurations) if _is_static(c.runs)]
     others = [i for i in range(len(report.configurations)) if i not in static]
     if static:
-        ax.plot(xs.iloc[static], ys.iloc[static], "o-", color="grey", label="static weights")
+        ax.plot(xs.iloc[static], ys.iloc[static], "o", color="grey", label="static weights")
+        front = [
+            static[k]
+            for k in pareto_front(
+                xs.iloc[static].tolist(),
+                ys.iloc[static].tolist(),
+                bool(report.higher_is_better.get(x_key)),
+                bool(report.higher_is_better.get(y_key)),
+            )
+        ]
+        ax.plot(xs.iloc[front], ys.iloc[front], "-", color="grey", linewidth=1, label="their front")
         for i, label in zip(
             static, short_labels([report.configurations[i].label for i in static]), strict=True
         ):

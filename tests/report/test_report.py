@@ -385,3 +385,22 @@ def test_several_inputs_without_out_go_to_a_new_reports_folder(
     assert main(["a", "b", "--no-plots"]) == 0
     (written,) = (tmp_path / "outputs" / "reports").glob("*/*/summary.csv")
     assert list(pd.read_csv(written).label) == ["architecture=hard_sharing", "architecture=single_task"]
+
+
+def test_the_static_front_keeps_the_points_no_other_beats_in_order_of_x():
+    from mtlrun.report.plots import pareto_front
+
+    # lower is better on both: (1, 5), (2, 3), (4, 1) trade off; (3, 4) is beaten by (2, 3)
+    xs, ys = [4.0, 1.0, 3.0, 2.0], [1.0, 5.0, 4.0, 3.0]
+    assert pareto_front(xs, ys, x_up=False, y_up=False) == [1, 3, 0]
+    # higher is better on x: (4, 1) beats everything it is not worse than on y
+    assert pareto_front(xs, ys, x_up=True, y_up=False) == [0]
+
+
+def test_single_task_runs_with_fixed_weights_are_not_points_of_the_static_front(tmp_path):
+    from mtlrun.report.plots import _is_static
+
+    static = write_run(tmp_path / "s", "hard_sharing", "static", 0, 0.8, 2.0)
+    single = write_run(tmp_path / "t", "single_task", "equal", 0, 0.8, 2.0)
+    adaptive = write_run(tmp_path / "u", "hard_sharing", "uncertainty", 0, 0.8, 2.0)
+    assert [_is_static([load_run(p)]) for p in (static, single, adaptive)] == [True, False, False]

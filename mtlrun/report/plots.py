@@ -206,17 +206,21 @@ def plot_tradeoff(report: Report, path: Path) -> Path | None:
                 bool(report.higher_is_better.get(y_key)),
             )
         ]
-        ax.plot(xs.iloc[front], ys.iloc[front], "-", color="grey", linewidth=1, label="their front")
+        if len(front) > 1:
+            ax.plot(xs.iloc[front], ys.iloc[front], "-", color="grey", linewidth=1, label="their front")
+        right = xs.min() + 0.7 * (xs.max() - xs.min())  # labels of points beyond it go to their left
         for i, label in zip(
             static, short_labels([report.configurations[i].label for i in static]), strict=True
         ):
+            left = xs.iloc[i] > right
             note = ax.annotate(
                 label,
                 (xs.iloc[i], ys.iloc[i]),
                 fontsize="x-small",
                 color="dimgrey",
-                xytext=(4, 4),
+                xytext=(-4 if left else 4, 4),
                 textcoords="offset points",
+                ha="right" if left else "left",
             )
             note.set_in_layout(False)
     for i, label in zip(others, short_labels([report.configurations[i].label for i in others]), strict=True):

@@ -6,10 +6,10 @@ ARGS          ?=# extra arguments for `make run`, e.g. make run ARGS="weighting=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (pyproject extras sweep, slurm), so tests check their presets
+EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (extras sweep, slurm), so tests check their presets, and the docs tools (extra docs)
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-extras run test test-all test-gpu lint format bench clean
+.PHONY: help install install-extras run test test-all test-gpu lint format bench docs docs-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -24,15 +24,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install mtlrun with its dependencies (torch pinned)
 
 $(EXTRAS_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,slurm]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs,sweep,slurm]"
 	@touch $(EXTRAS_STAMP)
 
-install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins: joblib/SLURM launchers, Optuna (extras sweep, slurm)
+install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins (joblib/SLURM launchers, Optuna) and the docs tools (extras sweep, slurm, docs)
 
 run: $(STAMP) ## train on the embedded default data set (MultiDigits); ARGS="..." adds overrides
 	$(BIN)/mtlrun $(ARGS)
 
-test: $(EXTRAS_STAMP) ## the fast test tier (what CI runs; installs the extras, whose presets it checks)
+test: $(EXTRAS_STAMP) ## the fast test tier (what CI runs; installs the extras, whose presets and docs it checks)
 	$(BIN)/python -m pytest
 
 test-all: $(EXTRAS_STAMP) ## every test except GPU ones: the fast tier plus slow tests (presets, wheel, resume, launchers, Optuna); installs the extras
@@ -42,16 +42,22 @@ test-gpu: $(STAMP) ## tests that need a CUDA device
 	$(BIN)/python -m pytest -m gpu
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check mtlrun hydra_plugins tests benchmarks
-	$(BIN)/ruff format --check mtlrun hydra_plugins tests benchmarks
+	$(BIN)/ruff check mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
+	$(BIN)/ruff format --check mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix mtlrun hydra_plugins tests benchmarks
-	$(BIN)/ruff format mtlrun hydra_plugins tests benchmarks
+	$(BIN)/ruff check --fix mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
+	$(BIN)/ruff format mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
 
 bench: $(STAMP) ## speed benchmarks: ratios measured side by side (see benchmarks/)
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/tabular_load.py
+
+docs: $(EXTRAS_STAMP) ## build the documentation site into build/site/ (mkdocs build --strict: any warning fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(EXTRAS_STAMP) ## serve the documentation at http://127.0.0.1:8000, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 clean: ## remove outputs, caches and build files (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info

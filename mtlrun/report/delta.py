@@ -1,4 +1,4 @@
-"""Δm%: the mean relative change of every metric against the single-task baseline (README: Comparison reports).
+"""Δm%: the mean relative change of every metric against the single-task baseline (docs/concepts.md, "Δm%").
 
     Δm% = mean over metrics k of (−1)^{higher_is_better_k} · (M_k − B_k) / B_k · 100
 

@@ -110,7 +110,7 @@ def test_optuna_study_completes_when_a_trial_fails(tmp_path: Path) -> None:
     # One categorical axis, two trials, one per batch: TPE's random start with seed 0 draws `nonsense` (not a
     # validation quantity: the trial fails) and then `loss` (optuna 2.10, pinned by the `sweep` extra). A batch
     # whose only trial failed has failure rate 1.0, which max_failure_rate=1.0 tolerates. (Not GridSampler:
-    # hydra-optuna-sweeper 1.3.0 crashes when the last grid point fails, see README.)
+    # hydra-optuna-sweeper 1.3.0 crashes when the last grid point fails, see docs/sweeps.md, Optuna.)
     result = mtlrun(
         "-m",
         "hydra/sweeper=optuna_study",

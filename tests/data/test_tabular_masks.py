@@ -150,5 +150,5 @@ def test_a_training_step_with_an_unlabelled_task_updates_only_what_it_should(wei
     assert not any(n.startswith("heads.heads.purchase.") for n in moved)  # zero gradient: untouched
     assert any(n.startswith("heads.heads.click.") for n in moved)  # heads get their ordinary gradients
     # the trunk moves, except under MGDA: purchase's zero gradient row lies in the convex hull of the task
-    # gradients, so the min-norm direction is 0 for this batch (README, "Your own table")
+    # gradients, so the min-norm direction is 0 for this batch (docs/own-data.md, "Two caveats")
     assert any(n.startswith("trunk.") for n in moved) == (weighting != "mgda")

@@ -120,7 +120,7 @@ def _describe(hint: Any) -> str:
 
 
 def build(node: DictConfig, where: str, **runtime: Any) -> Any:
-    """Check ``node`` (see :func:`check_node`) and instantiate it with the run-time arguments."""
+    """Check ``node`` (see `check_node`) and instantiate it with the run-time arguments."""
     check_node(node, where, set(runtime))
     try:
         if not runtime:

@@ -5,12 +5,12 @@
 - ``monitor``: the selected epoch's validation ``trainer.monitor`` value (``summary["monitor_value"]``).
   ``minimize`` for ``loss`` (the sum of the validation losses, the default) or a lower-is-better metric
   (``sum/mae``); ``maximize`` for a higher-is-better metric (``left/accuracy``).
-- ``delta_m``: Δm% (:func:`mtlrun.report.delta.delta_m`) of the selected epoch's *validation*
+- ``delta_m``: Δm% (`mtlrun.report.delta.delta_m`) of the selected epoch's *validation*
   metrics against the validation metrics of the single-task runs at ``objective.baseline`` (a run folder or
   a sweep folder; several runs are averaged, as the report does). Always ``minimize``. Test metrics never
   enter a search (model selection and tuning use validation only).
 
-A run that fails returns None (see :func:`mtlrun.cli.train`): the Optuna sweeper records that trial as failed,
+A run that fails returns None (see `mtlrun.cli.train`): the Optuna sweeper records that trial as failed,
 and ``hydra.sweeper.max_failure_rate`` decides whether the study goes on. A completed run whose value is NaN
 (a diverged metric) is recorded as failed by Optuna too.
 """

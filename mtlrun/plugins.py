@@ -1,7 +1,7 @@
 """Config options that need a Hydra plugin, and the pip extra that installs it.
 
 Without the plugin, Hydra stops with a long stack ending in "Could not find 'hydra/launcher/joblib'" or
-"Error locating target 'hydra_plugins...'". :func:`check_plugins` looks at the command line before Hydra runs
+"Error locating target 'hydra_plugins...'". `check_plugins` looks at the command line before Hydra runs
 and turns that into one line naming the extra to install (``mtlrun.cli.main`` prints it and exits 1). It sees the options typed on the command line;
 shipped presets pick no plugin option in their defaults lists, so nothing slips past it.
 """

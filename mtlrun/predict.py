@@ -300,7 +300,7 @@ def writer_for(path: Path) -> str:
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
     """CSV or Parquet by the extension; the folder is created; an existing file is never replaced (the file
-    is created exclusively, so one that appeared since :func:`check_out` is refused too)."""
+    is created exclusively, so one that appeared since `check_out` is refused too)."""
     kind = writer_for(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -2,9 +2,9 @@
 
 What it continues: the run the folder describes, from its saved ``config.yaml``, not the config the command
 line would compose today. An override on the command line must leave the saved value as it is (a requeued
-job repeats its own overrides) or be one of :data:`CHANGEABLE`; any other is an error that names the key.
+job repeats its own overrides) or be one of `CHANGEABLE`; any other is an error that names the key.
 
-Where it continues (:func:`plan`):
+Where it continues (`plan`):
 
 * an unfinished run (status interrupted or failed, or killed: "running" with no process left) continues in
   its own folder: the metrics rows its checkpoint covers stay, later ones are trained again;
@@ -90,7 +90,7 @@ def continued_config(cfg: DictConfig, base: DictConfig) -> DictConfig:
 
     ``cfg`` is the config the command line composed; ``base`` the one it composes without its overrides.
     Every value that differs between the two was set on the command line: it must equal the saved value or
-    be one of :data:`CHANGEABLE`, which then takes it.
+    be one of `CHANGEABLE`, which then takes it.
     """
     source = source_folder(cfg.resume)
     saved = saved_config(source)

@@ -1,12 +1,12 @@
 """Run folders: each is written by one process at a time, and claimed before anything is written into it.
 
-* :func:`claim_new`: a new run (or sweep) gets a folder that is new or empty. The folder is claimed by
+* `claim_new`: a new run (or sweep) gets a folder that is new or empty. The folder is claimed by
   creating its lock file exclusively, so of several processes that start at once exactly one gets it. When
   the folder's name comes from the clock (the default ``outputs/runs/<date>/<time>``), a taken name is not an
   error: the run takes ``<time>_1``, ``<time>_2``, ... A name the user chose that holds files is refused.
-* :func:`lock`: the process that writes a run holds an advisory lock (``flock``) on ``<folder>/.mtlrun.lock``
+* `lock`: the process that writes a run holds an advisory lock (``flock``) on ``<folder>/.mtlrun.lock``
   until it ends; the system releases it however the process ends, kill -9 included. So a run whose
-  summary.json says ``"running"`` while nobody holds its lock was killed (:func:`status` says ``"killed"``),
+  summary.json says ``"running"`` while nobody holds its lock was killed (`status` says ``"killed"``),
   and ``resume=`` refuses a folder that a live process still writes.
 
 This module must not import torch: the CLI claims the folder before the run starts.
@@ -63,7 +63,7 @@ def claim_new(folder: Path, numbered: bool, key: str = "hydra.run.dir") -> Path:
 
 
 def lock(folder: Path) -> None:
-    """Hold ``folder``'s lock for the rest of this process (or until :func:`release`); a no-op when this
+    """Hold ``folder``'s lock for the rest of this process (or until `release`); a no-op when this
     process holds it already. A folder another live process holds is a ConfigError."""
     if folder.resolve() in _held:
         return
@@ -115,7 +115,7 @@ def load_summary(folder: Path) -> dict:
 
 
 def read_summary(folder: Path) -> dict | None:
-    """The folder's summary.json, or None when it has none or it cannot be read (:func:`load_summary` says
+    """The folder's summary.json, or None when it has none or it cannot be read (`load_summary` says
     why)."""
     try:
         return load_summary(folder)

@@ -2,12 +2,12 @@
 
 Registered in Hydra's ConfigStore as the base of ``conf/config.yaml``, so a misspelled key or a value of
 the wrong type in the fixed part of the config (``trainer``, ``optim``, top-level keys) fails at compose
-time with a message naming it. :func:`validate` checks the rest before a run claims its folder: each task
-against :class:`TaskConfig` (tasks are plain mappings at compose time, so ``+tasks.x={kind: regression}``
+time with a message naming it. `validate` checks the rest before a run claims its folder: each task
+against `TaskConfig` (tasks are plain mappings at compose time, so ``+tasks.x={kind: regression}``
 can add one from the command line), the ranges declared on the fields (``ranged``), and every learning
 rate. The option groups whose content depends on the chosen class (``data``, ``encoder``, ``architecture``,
 ``weighting``) are checked against that class's signature just before it is built (see
-:mod:`mtlrun.instantiate`).
+`mtlrun.instantiate`).
 
 This module must not import torch: ``mtlrun --help`` and ``mtlrun --cfg job`` only compose.
 """
@@ -25,7 +25,7 @@ from omegaconf import MISSING
 
 def ranged(*, ge: float | None = None, gt: float | None = None, null: str | None = None) -> Any:
     """A field whose value must be ``>= ge`` (or ``> gt``); ``null`` says what null means where it is allowed.
-    :func:`validate` checks it and names the key and the range in its message. Its default is the YAML's."""
+    `validate` checks it and names the key and the range in its message. Its default is the YAML's."""
     return field(default=MISSING, metadata={"ge": ge, "gt": gt, "null": null})
 
 
@@ -128,7 +128,7 @@ class MtlrunConfig:
 
 
 def task_key_overrides(overrides: List[str]) -> List[str]:
-    """Let ``tasks.<name>.<key>=value`` set any key of :class:`TaskConfig`, listed in the task's YAML or not.
+    """Let ``tasks.<name>.<key>=value`` set any key of `TaskConfig`, listed in the task's YAML or not.
 
     Tasks are plain mappings at compose time, so that ``+tasks.x={kind: regression, target: sum}`` can add a
     task from the command line (OmegaConf refuses a mapping as a new element of a typed dict). A key a YAML
@@ -157,7 +157,7 @@ def validate(cfg: Any) -> None:
 
     Hydra lets ``+trainer.epoch=3`` add a key the schema does not have, and tasks are untyped at compose
     time: merging into fresh structured configs turns a typo or a wrong type into an error that names the
-    key. Then the declared ranges (:func:`ranged`) and the learning rates.
+    key. Then the declared ranges (`ranged`) and the learning rates.
     """
     from omegaconf import OmegaConf
 
@@ -205,7 +205,7 @@ def _merge_into(schema: type, values: Any, prefix: str) -> None:
 
 
 def _check_ranges(schema: type, values: dict, prefix: str) -> None:
-    """Every field of ``schema`` declared with :func:`ranged`, recursively, against ``values``."""
+    """Every field of ``schema`` declared with `ranged`, recursively, against ``values``."""
     from mtlrun.errors import ConfigError
 
     hints = get_type_hints(schema)

@@ -1,18 +1,18 @@
 """Stop signals: SIGINT (Ctrl-C), SIGTERM (`kill`, SLURM), SIGHUP (a closed terminal) and SIGUSR1/SIGUSR2
 (the pre-timeout and preemption signals of SLURM and submitit).
 
-The first one only takes note (:func:`received`): raising an exception at an arbitrary point (in the middle
+The first one only takes note (`received`): raising an exception at an arbitrary point (in the middle
 of an import, say) is not safe, since a bare ``except`` may swallow it. The training loop looks at it between
 steps: it finishes the step, writes a checkpoint of the full state, records ``"status": "interrupted"`` and
 the signal's name in summary.json, logs how to continue (``mtlrun resume=<folder>``), and the process exits
 with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM). A signal received during start-up stops the
-run before its first step, the same way. A second stop signal stops at once (:class:`Interrupted` raised
+run before its first step, the same way. A second stop signal stops at once (`Interrupted` raised
 where the process is): the run is still recorded as interrupted, and resume continues from the last
 checkpoint. The same signal again within a second counts once: on a cluster, the scheduler signals every
 process of a job while mtlrun's parallel launcher forwards the signal to its jobs as well.
 
 A handler that was installed before mtlrun's (submitit installs one for SIGUSR2 that requeues the job) is not
-lost: :func:`hand_over` calls it once the checkpoint is written, so the job is requeued from that state.
+lost: `hand_over` calls it once the checkpoint is written, so the job is requeued from that state.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def name(signum: int) -> str:
 
 def install() -> bool:
     """Route the stop signals to mtlrun (only the main thread can). The handlers they replace are kept for
-    :func:`hand_over`. Returns whether it installed them (False: they were already, or not the main thread)."""
+    `hand_over`. Returns whether it installed them (False: they were already, or not the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return False
     installed = False
@@ -73,7 +73,7 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Give the stop signals back to the handlers :func:`install` replaced."""
+    """Give the stop signals back to the handlers `install` replaced."""
     for signum, previous in _previous.items():
         if signal.getsignal(signum) is _on_signal and previous is not None:
             signal.signal(signum, previous)
@@ -95,7 +95,7 @@ def watched() -> Iterator[None]:
 
 
 def received() -> int | None:
-    """The first stop signal received since :func:`reset`, or None."""
+    """The first stop signal received since `reset`, or None."""
     return _received[0] if _received else None
 
 

@@ -1,9 +1,9 @@
 """Tasks are data, not subclasses: a name, a kind, a target, a loss, metrics with their directions.
 
-A :class:`Task` is built from the ``tasks.<name>`` node of the config and is frozen: what the config
+A `Task` is built from the ``tasks.<name>`` node of the config and is frozen: what the config
 declares never changes. What the run learns about a task from its training data (the class labels, a
-standardised target's scale, ``pos_weight: auto``'s value) is kept apart in :class:`Fitted`; the setup
-steps make a fitted copy (:meth:`Task.with_data_settings`, :meth:`Task.with_pos_weight_fitted`). Its kind fixes how many outputs its
+standardised target's scale, ``pos_weight: auto``'s value) is kept apart in `Fitted`; the setup
+steps make a fitted copy (`Task.with_data_settings`, `Task.with_pos_weight_fitted`). Its kind fixes how many outputs its
 head has, how predictions turn into probabilities, and which losses and metrics make sense. Metrics come
 from torchmetrics, which also tells each metric's direction (``higher_is_better``).
 
@@ -84,8 +84,8 @@ RESERVED_CHARACTERS = (".", "~", "/")
 
 
 def check_task_name(name: str) -> None:
-    """A ConfigError when ``name`` is reserved (:data:`RESERVED_ROW_NAMES`, :data:`RESERVED_NAMES`) or holds a
-    character of :data:`RESERVED_CHARACTERS`; the message lists them all."""
+    """A ConfigError when ``name`` is reserved (`RESERVED_ROW_NAMES`, `RESERVED_NAMES`) or holds a
+    character of `RESERVED_CHARACTERS`; the message lists them all."""
     characters = [c for c in RESERVED_CHARACTERS if c in name]
     if characters:
         problem = f"'{name}' contains '{characters[0]}'"
@@ -249,7 +249,7 @@ class Task:
         return replace(self, fitted=replace(self.fitted, pos_weight=negatives / positives))
 
     def with_fitted(self, **values: object) -> Task:
-        """A copy with these :class:`Fitted` values (e.g. a trained run's ``pos_weight``, when predicting)."""
+        """A copy with these `Fitted` values (e.g. a trained run's ``pos_weight``, when predicting)."""
         return replace(self, fitted=replace(self.fitted, **values))
 
     @property
@@ -328,7 +328,7 @@ class Task:
     def loss_mean(
         self, prediction: Tensor, target: Tensor, mask: Tensor | None = None, weight: Tensor | None = None
     ) -> Tensor:
-        """The batch loss: the mean of :meth:`loss_per_sample`, in one fused call (the training step's fast
+        """The batch loss: the mean of `loss_per_sample`, in one fused call (the training step's fast
         path); with a ``mask`` (bool [N], True = labelled) and/or sample ``weight`` (float [N]), the weighted
         mean over labelled rows: sum(w * l) / sum(w). It is exactly 0, with a zero gradient, when no row is
         labelled (or every weight is 0)."""

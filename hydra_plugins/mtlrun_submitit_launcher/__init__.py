@@ -1,4 +1,4 @@
-"""mtlrun's SLURM launchers: ``hydra/launcher=slurm`` and ``slurm_local`` (see :mod:`.submitit_launcher`).
+"""mtlrun's SLURM launchers: ``hydra/launcher=slurm`` and ``slurm_local`` (see `.submitit_launcher`).
 
 It lives in Hydra's ``hydra_plugins`` namespace package because Hydra instantiates launchers only from there;
 the mtlrun distribution ships it beside the ``mtlrun`` package.

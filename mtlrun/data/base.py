@@ -15,7 +15,7 @@ Hooks a data set may override (the runner calls them for every data set, never b
 ``encoder_inputs()`` (extra keyword arguments for the encoder, e.g. a table's categorical columns),
 ``task_settings()`` (what the data set fitted for a target, applied to its task) and
 ``save_preprocessing(folder)`` (write fitted preprocessing into the run folder). ``mtlrun predict`` calls the
-class method ``new_input(run_dir, path, keep)``: a new file as a trained run's model input (:class:`NewInput`),
+class method ``new_input(run_dir, path, keep)``: a new file as a trained run's model input (`NewInput`),
 transformed with what the run saved; only data sets that read files implement it (data=tabular).
 """
 

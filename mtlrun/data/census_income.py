@@ -8,20 +8,20 @@ split at random 1:1 into validation and test; group 1 of the paper's tasks, both
 * ``marital``: marital status "Never married" (vs every other status), the auxiliary task.
 
 The paper removes education and marital status from the input features, as they are labels in its two task
-groups; so do the default feature lists here (:data:`NUMERIC`, :data:`CATEGORICAL`). ``instance_weight`` is
+groups; so do the default feature lists here (`NUMERIC`, `CATEGORICAL`). ``instance_weight`` is
 never a feature: it is a survey weight (the number of people a row stands for), which the UCI description
 says must not be used by classifiers. It can weigh the loss instead (``weight=instance_weight``); that is off
 by default, as in the paper, whose AUCs count every row once.
 
 Column types follow the UCI ``census-income.names`` file: 7 continuous columns are numeric (standardised by
-the :class:`~mtlrun.data.preprocess.TablePreprocessor`); every other column is categorical (embedded by
+the `TablePreprocessor`); every other column is categorical (embedded by
 ``encoder=tabular``), including the integer-coded ``det_ind_code``, ``det_occ_code``, ``own_or_self``,
 ``vet_benefits`` and ``year``, whose numbers are codes, not quantities.
 
 Reading: headerless, values separated by ", " (the leading space is dropped), each file plain or ``.gz``.
 ``?`` is a missing value (categorical: the "unknown" index, like an unseen category); "Not in universe" and
 "NA" (a ``hisp_origin`` answer) are categories. Any other column of the file (``sex``, ``wage_per_hour``, ...)
-can be a task's target too; the derived targets are ``income`` and ``marital`` (0/1, see :data:`DERIVED`).
+can be a task's target too; the derived targets are ``income`` and ``marital`` (0/1, see `DERIVED`).
 
 Splits: train = ``census-income.data``; ``census-income.test`` halved at random (seeded by ``seed``) into
 validation (the first ``n // 2`` rows of a permutation) and test (the rest). ``n_train`` / ``n_val`` /
@@ -116,7 +116,7 @@ def find_files(root: Path) -> dict[str, Path]:
 
 
 def read_census_file(path: Path) -> pd.DataFrame:
-    """One census-income file as a frame with :data:`COLUMNS`; the index is the row's number in the file."""
+    """One census-income file as a frame with `COLUMNS`; the index is the row's number in the file."""
     try:
         frame = pd.read_csv(
             path,

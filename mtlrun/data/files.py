@@ -2,7 +2,7 @@
 
 Relative paths are resolved against the directory ``mtlrun`` was started from: Hydra's ``runtime.cwd`` when
 a Hydra run is active (``hydra.job.chdir`` is false anyway), else the current directory. Nothing here
-downloads: a missing file is a :class:`DataError` that names the folder, the files expected and where to get
+downloads: a missing file is a `DataError` that names the folder, the files expected and where to get
 them.
 """
 
@@ -29,7 +29,7 @@ def start_directory() -> Path:
 def resolve_path(
     path: str | os.PathLike, key: str = "data.path", expected: str = "<your .csv or .parquet file>"
 ) -> Path:
-    """An absolute path: ``~`` expanded, relative paths taken from :func:`start_directory`. An empty ``path``
+    """An absolute path: ``~`` expanded, relative paths taken from `start_directory`. An empty ``path``
     is a DataError that asks for ``key``=``expected``."""
     if path is None or str(path) == "":
         raise DataError(f"{key}: nothing given; set {key}={expected}")

@@ -4,7 +4,7 @@ An IDX file is a 4-byte magic number, one big-endian uint32 per dimension, then 
 row-major. The magic number is two zero bytes, a type code (0x08 = uint8, ...) and the number of
 dimensions: 0x00000803 is a stack of images [N, rows, cols] of uint8, 0x00000801 a vector of N uint8
 labels. Files are parsed with ``numpy.frombuffer`` (no per-value Python); every check that fails raises a
-:class:`~mtlrun.errors.DataError` naming the file and what is wrong with it.
+`DataError` naming the file and what is wrong with it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Preprocessing of a table, fitted on the training split only and saved as JSON (never pickle).
 
-:class:`TablePreprocessor` turns a pandas DataFrame into what the runner trains on, with vectorised
+`TablePreprocessor` turns a pandas DataFrame into what the runner trains on, with vectorised
 pandas/numpy only (no per-row Python):
 
 * **features** -> one float32 matrix [N, F], columns in this order:
@@ -17,7 +17,7 @@ pandas/numpy only (no per-row Python):
 
 ``save``/``load`` write and read the fitted state as JSON, so a new file can be transformed exactly like
 the training data (``features``) and predictions mapped back (``decode``). Every problem with the input is a
-:class:`DataError` naming the file, the column, the problem and the fix.
+`DataError` naming the file, the column, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def numeric_values(series: pd.Series, column: str, source: str) -> np.ndarray:
 
 
 def category_codes(series: pd.Series, index: Mapping[str, int], default: int) -> np.ndarray:
-    """int64 index of each row's value in ``index`` (by :func:`category_key`); ``default`` for missing
+    """int64 index of each row's value in ``index`` (by `category_key`); ``default`` for missing
     values and values not in ``index``. One hash pass over the rows, one Python pass over the distinct
     values."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
@@ -152,7 +152,7 @@ class TargetSpec:
 
     @classmethod
     def from_task(cls, task: Any) -> TargetSpec:
-        """From a :class:`mtlrun.tasks.Task`: a multilabel task reads ``columns``, others the column named
+        """From a `mtlrun.tasks.Task`: a multilabel task reads ``columns``, others the column named
         by ``target``."""
         columns = list(task.columns) if task.kind == "multilabel" and task.columns else [task.target]
         return cls(

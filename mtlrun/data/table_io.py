@@ -4,7 +4,7 @@ Relative paths are resolved against the directory ``mtlrun`` was started from: H
 a Hydra run is active (``hydra.job.chdir`` is false anyway), else the current directory. CSV files are read
 by pandas with the pyarrow engine (multi-threaded); a missing file, an unknown extension, a missing column,
 an empty file, a table without rows, a column name that appears twice in the header (pandas would rename
-one copy ``x.1`` and read the other) and a binary file named ``.csv`` are each a :class:`DataError` that
+one copy ``x.1`` and read the other) and a binary file named ``.csv`` are each a `DataError` that
 names the file and says what to do.
 """
 

@@ -8,15 +8,15 @@ train/val/test:
 * ``val_path`` and ``test_path``: separate files (``path`` is then the training file);
 * otherwise a random split of ``path`` by ``fractions``, drawn from ``seed``.
 
-The preprocessing (:class:`~mtlrun.data.preprocess.TablePreprocessor`) is fitted on the training split only
+The preprocessing (`TablePreprocessor`) is fitted on the training split only
 and written to ``preprocessing.json`` in the run folder. Rows with a missing target still train the other
-tasks: each split carries a mask per target with missing values (see :mod:`mtlrun.data.base`).
+tasks: each split carries a mask per target with missing values (see `mtlrun.data.base`).
 
 Reuse for a table of fixed layout (a loader that knows its columns, e.g. a headerless CSV): subclass, read
 the frames yourself and call ``self.init_from_frames(frames, TablePreprocessor.for_tasks(tasks, numeric,
 categorical), sources)`` from ``__init__``; or build one from frames in memory with
-:meth:`TabularData.from_frames`. A new file becomes model input with :func:`transform_file` (with the
-rest of what ``mtlrun predict`` needs: :meth:`TabularData.new_input`).
+`TabularData.from_frames`. A new file becomes model input with `transform_file` (with the
+rest of what ``mtlrun predict`` needs: `TabularData.new_input`).
 """
 
 from __future__ import annotations

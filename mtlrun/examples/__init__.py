@@ -3,7 +3,7 @@
 ``feed/feed_new.csv`` (new rows to predict), both written by scripts/make_tabular_example.py.
 
 Configs name them with the resolver ``${mtlrun.example:feed/feed.csv}`` (registered by
-:func:`mtlrun.schema.register`), which gives the file's absolute path wherever mtlrun is installed.
+`mtlrun.schema.register`), which gives the file's absolute path wherever mtlrun is installed.
 """
 
 from __future__ import annotations

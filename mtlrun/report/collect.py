@@ -7,8 +7,8 @@ config group) and ``metrics.csv`` (curves, task weights, time per step). Only ``
 a job that failed early may lack the rest.
 
 A run folder whose files cannot be read (binary or garbled metrics.csv, summary.json that is not a JSON
-object, broken YAML) is not an error for the report: :func:`read_runs` returns it as an
-:class:`UnreadableRun` that names the file and the problem, and the report lists it. A metrics.csv whose
+object, broken YAML) is not an error for the report: `read_runs` returns it as an
+`UnreadableRun` that names the file and the problem, and the report lists it. A metrics.csv whose
 last line was cut off (a run killed while writing it) is read without that line. ``summary.json``'s
 ``status`` is ``running``, ``completed``, ``failed`` or ``interrupted`` (stopped by a signal, named by its
 ``signal`` key); a run that says ``running`` while no process holds its lock was killed, and is listed so.

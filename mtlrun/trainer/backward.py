@@ -15,7 +15,7 @@ may recompute only every ``update_every`` steps; in between, the last weights we
 backward pass does.
 
 It hands the per-task gradients it computes, and the model's penalty, to the run's
-:class:`~mtlrun.trainer.diagnostics.StepDiagnostics` (gradient cosines, penalty means).
+`StepDiagnostics` (gradient cosines, penalty means).
 """
 
 from __future__ import annotations

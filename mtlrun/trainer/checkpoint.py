@@ -1,15 +1,15 @@
 """Checkpoints: the full training state (checkpoint.pt, for resuming) and the selected model (best_model.pt).
 
-When one is written (:class:`Checkpoints`): at the end of every ``trainer.checkpoint_every``-th epoch and of
+When one is written (`Checkpoints`): at the end of every ``trainer.checkpoint_every``-th epoch and of
 the last, at every epoch whose evaluation picks a new best, mid-epoch once ``trainer.checkpoint_minutes``
 passed since the last one, and when a stop signal arrives. checkpoint.pt holds everything that changes
 during training (model, optimizer, scheduler, weighting state, the backward engine's counters, every RNG,
 the position in the current epoch), so a run resumed from it ends exactly where an uninterrupted run would.
 
 best_model.pt is written after checkpoint.pt, and only with one: a new best is always saved together with a
-checkpoint of the same epoch, so if a crash falls between the two files, :func:`restore` rewrites
+checkpoint of the same epoch, so if a crash falls between the two files, `restore` rewrites
 best_model.pt from the checkpoint's weights and the two never disagree. Files are replaced atomically and
-fsynced (see :mod:`mtlrun.trainer.outputs`); loading uses ``weights_only=True``, so a file cannot run code.
+fsynced (see `mtlrun.trainer.outputs`); loading uses ``weights_only=True``, so a file cannot run code.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Replaced files go through a temporary file with a unique name in the same folder, are flushed to the disk
 (fsync) and renamed over the old one: a crash or a kill at any moment leaves the previous version or the new
 one, never half a file, and a failed write removes its temporary file. metrics.csv is appended and flushed
-after every epoch; :meth:`MetricsWriter.sync` puts it on the disk before a checkpoint that counts on its rows.
+after every epoch; `MetricsWriter.sync` puts it on the disk before a checkpoint that counts on its rows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Setup steps of a run: each builds one piece from the config; :func:`setup` builds them all."""
+"""Setup steps of a run: each builds one piece from the config; `setup` builds them all."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def setup_weighting(
 
 @dataclass
 class Setup:
-    """Everything the loop works with, built by :func:`setup` from the config."""
+    """Everything the loop works with, built by `setup` from the config."""
 
     device: torch.device
     tasks: dict[str, Task]

@@ -4,8 +4,8 @@
 ``resume=`` call such a run ``killed``, since no process holds its lock), ``completed``, ``failed`` (with
 ``error``), or ``interrupted`` (stopped by the stop signal named in ``signal``; resumable).
 
-Every writer of the file goes through this module: the runner (:class:`RunRecord`), and, for a run that failed
-or died before the runner wrote anything, the CLI and the parallel launcher (:func:`record_failure`).
+Every writer of the file goes through this module: the runner (`RunRecord`), and, for a run that failed
+or died before the runner wrote anything, the CLI and the parallel launcher (`record_failure`).
 """
 
 from __future__ import annotations

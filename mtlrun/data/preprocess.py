@@ -85,6 +85,23 @@ def row_label(source: str, row: Any) -> str:
     return f"row {row} of {source}"
 
 
+@dataclass(frozen=True)
+class BadRows:
+    """The first of the rows a check refused, as a message names it, and how many there are."""
+
+    where: str  # e.g. "row 3 (line 5) of feed.csv"
+    value: str  # what that row holds, as :func:`shown` writes it
+    count: int
+
+
+def first_bad(bad: np.ndarray, series: pd.Series, source: str) -> BadRows | None:
+    """The first row of ``series`` where ``bad`` (bool, one per row) is True; None when there is none."""
+    if not bad.any():
+        return None
+    first = int(np.flatnonzero(bad)[0])
+    return BadRows(row_label(source, series.index[first]), shown(series.iloc[first]), int(bad.sum()))
+
+
 def check_columns(frame: pd.DataFrame, columns: Iterable[str], source: str, role: str = "") -> None:
     """A DataError naming the first missing column, the file's columns and the closest name."""
     present = [str(c) for c in frame.columns]
@@ -107,13 +124,11 @@ def numeric_values(series: pd.Series, column: str, source: str) -> np.ndarray:
         values = series.to_numpy(dtype="float64", na_value=np.nan)
     else:
         coerced = pd.to_numeric(series, errors="coerce")
-        bad = coerced.isna().to_numpy() & series.notna().to_numpy()
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
+        bad = first_bad(coerced.isna().to_numpy() & series.notna().to_numpy(), series, source)
+        if bad:
             raise DataError(
-                f"{source}: column '{column}' must be numeric, but {row_label(source, series.index[first])} "
-                f"holds {shown(series.iloc[first])} ({int(bad.sum())} such rows); fix the value, leave it "
-                "empty for missing, or declare the column categorical"
+                f"{source}: column '{column}' must be numeric, but {bad.where} holds {bad.value} ({bad.count} "
+                "such rows); fix the value, leave it empty for missing, or declare the column categorical"
             )
         values = coerced.to_numpy(dtype="float64", na_value=np.nan)
     infinite = np.isinf(values)
@@ -398,13 +413,11 @@ class TablePreprocessor:
 
     def _zero_one(self, series: pd.Series, column: str, spec: TargetSpec, source: str) -> np.ndarray:
         values = numeric_values(series, column, source)
-        bad = ~np.isnan(values) & (values != 0) & (values != 1)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
+        bad = first_bad(~np.isnan(values) & (values != 0) & (values != 1), series, source)
+        if bad:
             raise DataError(
-                f"{spec.where(source)}: multilabel columns hold 0 or 1, but {row_label(source, series.index[first])} "
-                f"of '{column}' holds {shown(series.iloc[first])}; fix the value or leave it empty for "
-                "missing"
+                f"{spec.where(source)}: multilabel columns hold 0 or 1, but {bad.where} of '{column}' holds "
+                f"{bad.value}; fix the value or leave it empty for missing"
             )
         return values
 
@@ -413,13 +426,11 @@ class TablePreprocessor:
     ) -> np.ndarray:
         index = {category_key(label): i for i, label in enumerate(spec.classes)}
         codes = category_codes(series, index, -1)
-        bad = (codes < 0) & present
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
+        bad = first_bad((codes < 0) & present, series, source)
+        if bad:
             raise DataError(
-                f"{spec.where(source)}: label {shown(series.iloc[first])} at "
-                f"{row_label(source, series.index[first])} "
-                f"is not one of the classes {spec.classes} ({int(bad.sum())} such rows; classes are "
+                f"{spec.where(source)}: label {bad.value} at {bad.where} "
+                f"is not one of the classes {spec.classes} ({bad.count} such rows; classes are "
                 f"{'declared' if spec.classes else 'those of the training split'}); list every label in "
                 f"tasks.{spec.task}.classes{' (and num_classes)' if spec.kind == 'multiclass' else ''} "
                 "or fix the value"
@@ -432,13 +443,11 @@ class TablePreprocessor:
             return None
         check_columns(frame, [self.weight], source, "the sample weight")
         values = numeric_values(frame[self.weight], self.weight, source)
-        bad = np.isnan(values) | (values < 0)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
+        bad = first_bad(np.isnan(values) | (values < 0), frame[self.weight], source)
+        if bad:
             raise DataError(
                 f"{source}: sample weight column '{self.weight}' must be a non-negative number on every row; "
-                f"{row_label(source, frame.index[first])} holds {shown(frame[self.weight].iloc[first])}; "
-                "fill it (1 = an ordinary row)"
+                f"{bad.where} holds {bad.value}; fill it (1 = an ordinary row)"
             )
         return values.astype(np.float32)
 

@@ -31,7 +31,7 @@ import torch
 
 from mtlrun import examples
 from mtlrun.data.base import SPLITS, NewInput, Split, TensorData
-from mtlrun.data.preprocess import TablePreprocessor, check_columns, row_label, shown
+from mtlrun.data.preprocess import TablePreprocessor, check_columns, first_bad
 from mtlrun.data.table_io import read_table
 from mtlrun.errors import ConfigError, DataError
 
@@ -43,14 +43,12 @@ def split_by_column(frame: pd.DataFrame, column: str, source: str) -> dict[str, 
     """Rows by the value of ``column`` (train / val / test); any other value is a DataError."""
     check_columns(frame, [column], source, "data.split_column")
     values = frame[column]
-    bad = ~values.isin(SPLITS).to_numpy()
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        found = sorted({str(v) for v in values[bad].unique()[:5]})
+    outside = ~values.isin(SPLITS).to_numpy()
+    if bad := first_bad(outside, values, source):
+        found = sorted({str(v) for v in values[outside].unique()[:5]})
         raise DataError(
-            f"{source}: split column '{column}' holds {shown(values.iloc[first])} at "
-            f"{row_label(source, frame.index[first])} ({int(bad.sum())} rows with values {found}); every "
-            f"row needs one of {', '.join(SPLITS)}: fix the values or drop those rows"
+            f"{source}: split column '{column}' holds {bad.value} at {bad.where} ({bad.count} rows with values "
+            f"{found}); every row needs one of {', '.join(SPLITS)}: fix the values or drop those rows"
         )
     return {split: frame[(values == split).to_numpy()] for split in SPLITS}
 

@@ -86,18 +86,9 @@ def test_summary_records_selection_timing_and_parameters(smoke_run: Path) -> Non
     assert value == pytest.approx(summary["test"]["left"]["accuracy"])
 
 
-def test_same_seed_gives_identical_metrics(tmp_path: Path, smoke_run: Path) -> None:
-    again = run_in(tmp_path / "again")
-    assert again.returncode == 0, again.stderr
-    first = without_timing(pd.read_csv(smoke_run / "metrics.csv"))
-    second = without_timing(pd.read_csv(tmp_path / "again" / "metrics.csv"))
-    pd.testing.assert_frame_equal(first, second)
-    other = run_in(tmp_path / "other", "seed=1")
-    assert other.returncode == 0, other.stderr
-    assert not without_timing(pd.read_csv(tmp_path / "other" / "metrics.csv")).value.equals(first.value)
-
-
-def test_multirun_makes_one_folder_per_job(tmp_path: Path) -> None:
+def test_multirun_makes_one_folder_per_job_and_the_same_seed_gives_identical_metrics(
+    tmp_path: Path, smoke_run: Path
+) -> None:
     result = mtlrun("-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stdout + result.stderr
     for job in ("0", "1"):
@@ -105,6 +96,11 @@ def test_multirun_makes_one_folder_per_job(tmp_path: Path) -> None:
         assert summary["status"] == "completed"
         assert summary["seed"] == int(job)
         assert (tmp_path / job / "metrics.csv").is_file()
+    # job 0 repeats the single run (seed 0) in another process, after nothing: the same numbers exactly
+    single = without_timing(pd.read_csv(smoke_run / "metrics.csv"))
+    pd.testing.assert_frame_equal(without_timing(pd.read_csv(tmp_path / "0" / "metrics.csv")), single)
+    other = without_timing(pd.read_csv(tmp_path / "1" / "metrics.csv"))
+    assert not other.value.equals(single.value)  # another seed, other numbers
 
 
 def test_failed_job_in_a_sweep_keeps_the_others_and_exits_nonzero(tmp_path: Path) -> None:

@@ -192,18 +192,19 @@ def render_groups_table(page_uri: str) -> str:
 # -------------------------------------------------------------------------------------- reserved task names
 
 
+def assigned_names(node: ast.stmt) -> list[ast.expr]:
+    """The targets a statement assigns (``x = ...`` or ``x: T = ...``); none for other statements."""
+    if isinstance(node, ast.Assign):
+        return node.targets
+    return [node.target] if isinstance(node, ast.AnnAssign) else []
+
+
 def module_constants(path: Path, names: tuple[str, ...]) -> dict[str, object]:
     """Literal values assigned to ``names`` at the top level of a Python file (read with ast, not imported)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: dict[str, object] = {}
     for node in tree.body:
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else [node.target]
-            if isinstance(node, ast.AnnAssign)
-            else []
-        )
+        targets = assigned_names(node)
         for target in targets:
             if isinstance(target, ast.Name) and target.id in names and node.value is not None:
                 found[target.id] = ast.literal_eval(node.value)
@@ -271,13 +272,7 @@ def class_declarations(module: str, name: str, seen: frozenset = frozenset()) ->
             where = imported.get(base.id, (module, base.id))
             values |= class_declarations(where[0], where[1], seen | {(module, name)})
     for node in cls.body:
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else [node.target]
-            if isinstance(node, ast.AnnAssign)
-            else []
-        )
+        targets = assigned_names(node)
         for target in targets:
             if isinstance(target, ast.Name) and getattr(node, "value", None) is not None:
                 with contextlib.suppress(ValueError):  # not a literal: not a declaration

@@ -170,6 +170,23 @@ def build_objects(cfg: DictConfig, seed: int = 0) -> SimpleNamespace:
     return SimpleNamespace(cfg=cfg, tasks=tasks, data=data, model=model, weighting=weighting)
 
 
+def tiny_experts(architecture: str, data: str, encoder: dict | None = None, **options) -> SimpleNamespace:
+    """A mixture-of-experts model (mmoe, omoe, ple, cgc) on ``data`` with tiny experts, heads and encoder,
+    ``options`` set on the architecture node and ``encoder`` on the encoder's (one compose per architecture
+    and data set: composing costs more than building)."""
+    cfg = small_cfg([f"architecture={architecture}", f"data={data}"])
+    if data == "multidigits":
+        cfg.encoder.channels, cfg.encoder.out_dim = [4], 8
+    else:
+        cfg.encoder.hidden = [8]
+    cfg.heads.hidden = [4]
+    for key, value in (encoder or {}).items():
+        cfg.encoder[key] = value
+    for key, value in options.items():
+        cfg.architecture[key] = value
+    return build_objects(cfg)
+
+
 def first_batch(data, size: int = 8, split: str = "train") -> dict:
     return next(data.batches(split, size))
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-from conftest import build_objects, compose_cfg, first_batch, nonzero, small_cfg
+from conftest import compose_cfg, first_batch, nonzero, tiny_experts
 
 from mtlrun.architecture.mixing import InputFeatures
 from mtlrun.errors import ConfigError
@@ -23,17 +23,7 @@ BATCH = 6
 
 
 def build(architecture: str = "mmoe", data: str = "mmoe_synthetic", **options):
-    """The model on ``data`` with tiny experts and ``options`` set on the architecture node (one compose per
-    architecture and data set: composing costs more than building)."""
-    cfg = small_cfg([f"architecture={architecture}", f"data={data}"])
-    if data == "multidigits":
-        cfg.encoder.channels, cfg.encoder.out_dim = [4], 8
-    else:
-        cfg.encoder.hidden = [8]
-    cfg.heads.hidden = [4]
-    for key, value in options.items():
-        cfg.architecture[key] = value
-    return build_objects(cfg)
+    return tiny_experts(architecture, data, **options)
 
 
 def shared_grads(model, loss) -> list[torch.Tensor]:

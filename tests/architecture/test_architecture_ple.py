@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_objects, first_batch, nonzero, small_cfg
+from conftest import first_batch, nonzero, tiny_experts
 
 from mtlrun.errors import ConfigError
 from mtlrun.trainer.step import task_losses
@@ -16,20 +16,8 @@ BATCH = 6
 
 
 def build(architecture: str = "ple", data: str = "mmoe_synthetic", **options):
-    """The model on ``data`` with tiny experts and ``options`` set on the architecture node (one compose per
-    architecture and data set: composing costs more than building)."""
-    cfg = small_cfg([f"architecture={architecture}", f"data={data}"])
-    if data == "multidigits":
-        cfg.encoder.channels, cfg.encoder.out_dim = [4], 8
-    else:
-        cfg.encoder.hidden = [8]
-    cfg.heads.hidden, cfg.architecture.hidden = [4], [6]
-    for key, value in options.items():
-        if key == "encoder_activation":
-            cfg.encoder.activation = value
-        else:
-            cfg.architecture[key] = value
-    return build_objects(cfg)
+    """PLE's experts also have hidden layers of their own: tiny too (``hidden`` overrides it)."""
+    return tiny_experts(architecture, data, **({"hidden": [6]} | options))
 
 
 def grads_by_task(built) -> dict[str, set[str]]:
@@ -114,7 +102,7 @@ def test_ple_lower_task_experts_reach_every_task_through_the_shared_gate() -> No
 def test_roles_are_tight(levels: int) -> None:
     """A parameter a task owns gets gradient from that task alone; a shared one from every task. (Tanh:
     tiny ReLU experts can be dead on a batch, which would cut paths the structure has.)"""
-    built = build(levels=levels, activation="Tanh", encoder_activation="Tanh")
+    built = build(levels=levels, activation="Tanh", encoder={"activation": "Tanh"})
     roles = built.model.parameter_roles()
     reached = grads_by_task(built)
     for name, role in roles.items():

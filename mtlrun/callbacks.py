@@ -3,7 +3,7 @@
 ``RunFolders``, before a run or a sweep writes anything: checks the run's config, plans a resume, and claims
 the folder (mtlrun/rundir.py), so a rejected command leaves every folder as it was and two runs never share
 one. ``SweepStatus``, at the end of a multirun: lists the failed jobs (``mtlrun`` then exits non-zero) and
-writes the sweep's comparison report (summary.csv, summary.md, plots) into the sweep folder.
+writes the sweep's comparison report (summary.csv, summary.md, report.html, plots) into the sweep folder.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """``mtlrun report PATH... [--baseline PATH] [--out DIR] [--split test|val] [--no-plots]``.
 
 Compares every run found in or under the PATHs (run folders, sweep folders, any mix) and writes
-``summary.csv``, ``summary.md`` and the plots (``val_curves.png``, ``task_weights.png``, ``tradeoff.png``):
-into ``--out DIR`` when given, else into the input folder when there is a single PATH, else into a
-new ``outputs/reports/<date>/<time>/`` (several inputs have no one folder the report belongs to).
+``summary.csv``, ``summary.md``, ``report.html`` (one self-contained page: the tables and the plots) and the
+plots (``val_curves.png``, ``task_weights.png``, ``tradeoff.png``, ``cosines.png``): into ``--out DIR``
+when given, else into the input folder when there is a single PATH, else into a new
+``outputs/reports/<date>/<time>/`` (several inputs have no one folder the report belongs to).
 The Markdown is printed too. A run folder whose files cannot be read is left out, with one ``warning:`` line
 naming the file and the problem, and listed under "Unreadable runs". Exit code 0 when the report was written
 (failed jobs are listed in it), 1 on a bad path, when no run is found, or when no run could be read.
@@ -21,6 +22,7 @@ from pathlib import Path
 from mtlrun.errors import DataError, MtlrunError
 from mtlrun.report.baseline import Baseline, baseline_from, single_task_runs
 from mtlrun.report.collect import Run, UnreadableRun, UnreadableRunsError, find_optuna_results, read_runs
+from mtlrun.report.html import render_html
 from mtlrun.report.markdown import render, to_csv
 from mtlrun.report.table import SPLITS, Report, build_report
 
@@ -75,7 +77,12 @@ def make_report(
             runs, split, "the single-task runs (`architecture=single_task`) among the inputs"
         )
     return build_report(
-        runs, split=split, baseline=base, optuna=find_optuna_results(paths), unreadable=unreadable
+        runs,
+        split=split,
+        baseline=base,
+        optuna=find_optuna_results(paths),
+        unreadable=unreadable,
+        inputs=paths,
     )
 
 
@@ -88,8 +95,8 @@ def default_out_dir(paths: Sequence[str | Path]) -> Path:
 
 
 def write_report(report: Report, out_dir: Path, plots: bool = True) -> tuple[str, list[Path]]:
-    """Write summary.csv, the plots (a plotting error only logs a warning) and summary.md into ``out_dir``;
-    returns the Markdown and the files written."""
+    """Write summary.csv, the plots (a plotting error only logs a warning), summary.md and report.html (the
+    same with the plots inlined: one file) into ``out_dir``; returns the Markdown and the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     to_csv(report).to_csv(out_dir / "summary.csv", index=False)
     drawn: list[Path] = []
@@ -102,14 +109,15 @@ def write_report(report: Report, out_dir: Path, plots: bool = True) -> tuple[str
             log.warning("report plots failed (%s: %s); the tables are written", type(err).__name__, err)
     markdown = render(report, drawn)
     (out_dir / "summary.md").write_text(markdown + "\n")
-    return markdown, [out_dir / "summary.csv", out_dir / "summary.md", *drawn]
+    (out_dir / "report.html").write_text(render_html(report, drawn, plots_on=plots), encoding="utf-8")
+    return markdown, [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "report.html", *drawn]
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtlrun report",
         description="Compare runs and sweeps: per-task metrics (mean ± std over seeds), Δm% against the "
-        "single-task baseline, mean rank, time per step; writes summary.csv, summary.md and plots.",
+        "single-task baseline, mean rank, time per step; writes summary.csv, summary.md, report.html and plots.",
     )
     p.add_argument("paths", nargs="+", help="run folders and/or sweep folders (searched recursively)")
     p.add_argument(

@@ -6,7 +6,10 @@
   configuration, mean over seeds), ``task_weights.png`` (each configuration's task weights per epoch, mean
   over seeds) and, when the runs have exactly two tasks, ``tradeoff.png``: the two tasks' first metrics
   (report split) of every configuration; static-weight configurations (``weighting=static``) are joined as
-  the trade-off front, adaptive methods are labelled points, the single-task baseline is a star.
+  the trade-off front, adaptive methods are labelled points, the single-task baseline is a star; and, when
+  the runs logged ``grad_cosine`` rows (``trainer.grad_cosine_every``), ``cosines.png``: the mean cosine
+  similarity of the task gradients per epoch, one panel per task pair, one line per configuration (mean
+  over seeds).
 """
 
 from __future__ import annotations
@@ -209,9 +212,8 @@ def plot_tradeoff(report: Report, path: Path) -> Path | None:
         if len(front) > 1:
             ax.plot(xs.iloc[front], ys.iloc[front], "-", color="grey", linewidth=1, label="their front")
         right = xs.min() + 0.7 * (xs.max() - xs.min())  # labels of points beyond it go to their left
-        for i, label in zip(
-            static, short_labels([report.configurations[i].label for i in static]), strict=True
-        ):
+        labels = [report.configurations[i].label for i in static]
+        for i, label in zip(static, short_labels(labels) if len(labels) > 1 else labels, strict=True):
             left = xs.iloc[i] > right
             note = ax.annotate(
                 label,
@@ -234,11 +236,49 @@ def plot_tradeoff(report: Report, path: Path) -> Path | None:
     return path
 
 
+def cosine_pairs_of(run: Run) -> list[str]:
+    """The task pairs (``a~b``) of the run's ``grad_cosine`` rows, in order of appearance."""
+    if run.metrics is None or run.metrics.empty:
+        return []
+    return list(dict.fromkeys(_rows(run.metrics, "train", "grad_cosine").task.astype(str)))
+
+
+def cosine_pairs(report: Report) -> list[str]:
+    """The task pairs with ``grad_cosine`` rows in any run of the report, in order."""
+    pairs = [pair for config in report.configurations for run in config.runs for pair in cosine_pairs_of(run)]
+    return list(dict.fromkeys(pairs))
+
+
+def plot_cosines(report: Report, path: Path) -> Path | None:
+    """Mean gradient cosine per epoch: one panel per task pair, one line per configuration (mean over its
+    seeds); None when no run logged ``grad_cosine`` rows."""
+    pairs = cosine_pairs(report)
+    if not pairs:
+        return None
+    configs = [c for c in report.configurations if any(cosine_pairs_of(run) for run in c.runs)]
+    fig, axes = _figure(len(pairs), size=(5.0, 3.2))
+    labels = short_labels([config.label for config in configs])  # told apart among these only
+    legend: dict[str, object] = {}  # label -> line: a configuration may lack a pair, so gather all panels
+    for ax, pair in zip(axes, pairs, strict=True):
+        for i, (config, label) in enumerate(zip(configs, labels, strict=True)):
+            curve = _mean_curve(config.runs, "train", pair, "grad_cosine")
+            if not curve.empty:  # a fixed colour per configuration, the same in every panel
+                (legend[label],) = ax.plot(curve.index, curve.values, marker=".", color=f"C{i % 10}")
+        ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"gradient cosine {pair.replace('~', ' vs ')}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean cosine")
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize="small")
+    fig.savefig(path, dpi=80)
+    return path
+
+
 def plot_report(report: Report, out_dir: Path) -> list[Path]:
     """Every comparison plot that applies, written into ``out_dir``; returns the files written."""
     drawn = [
         plot_val_curves(report, out_dir / "val_curves.png"),
         plot_task_weights(report, out_dir / "task_weights.png"),
         plot_tradeoff(report, out_dir / "tradeoff.png"),
+        plot_cosines(report, out_dir / "cosines.png"),
     ]
     return [path for path in drawn if path is not None]

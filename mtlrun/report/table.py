@@ -40,7 +40,7 @@ SPLITS = ("test", "val")
 
 @dataclass
 class Report:
-    """Everything the Markdown, the CSV and the plots are made from."""
+    """Everything the Markdown, the CSV, the HTML page and the plots are made from."""
 
     table: pd.DataFrame
     failed: pd.DataFrame
@@ -54,6 +54,7 @@ class Report:
     optuna: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unreadable: list[UnreadableRun] = field(default_factory=list)  # run folders left out: file and problem
+    inputs: list[str] = field(default_factory=list)  # the paths the runs were read from
 
 
 def sample_std(values: Sequence[float]) -> float:
@@ -101,6 +102,7 @@ def build_report(
     baseline: Baseline | None = None,
     optuna: Sequence[tuple[Path, dict[str, Any]]] = (),
     unreadable: Sequence[UnreadableRun] = (),
+    inputs: Sequence[str | Path] = (),
 ) -> Report:
     """Fold ``runs`` into one row per configuration (see the module docstring for every column)."""
     completed = [run for run in runs if run.completed]
@@ -154,6 +156,7 @@ def build_report(
         optuna=list(optuna),
         notes=list(dict.fromkeys(notes)),
         unreadable=list(unreadable),
+        inputs=[str(path) for path in inputs],
     )
 
 

@@ -283,6 +283,7 @@ def test_cli_writes_tables_and_plots_into_the_sweep(sweep: Path, capsys: pytest.
     for name in ("summary.md", "val_curves.png", "task_weights.png", "tradeoff.png"):
         assert (sweep / name).stat().st_size > 0, name
     assert "![tradeoff](tradeoff.png)" in (sweep / "summary.md").read_text()
+    assert not (sweep / "cosines.png").exists()  # no grad_cosine rows: no plot of them
 
 
 def test_cli_out_baseline_no_plots_and_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -291,7 +292,7 @@ def test_cli_out_baseline_no_plots_and_bad_paths(tmp_path: Path, capsys: pytest.
     out = tmp_path / "out"
     args = [str(tmp_path / "mtl"), "--baseline", str(tmp_path / "stl"), "--out", str(out), "--no-plots"]
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "summary.csv", "summary.md"]
     assert pd.read_csv(out / "summary.csv").delta_m_mean.item() == pytest.approx(-31.25)
     capsys.readouterr()
     assert main([str(tmp_path / "nowhere")]) == 1

@@ -1,5 +1,5 @@
-"""Real ``mtlrun -m`` sweeps leave their comparison report (summary.csv, summary.md, plots) in the sweep
-folder."""
+"""Real ``mtlrun -m`` sweeps leave their comparison report (summary.csv, summary.md, report.html, plots) in
+the sweep folder."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def test_sweep_with_a_failing_job_reports_the_others_and_exits_nonzero(tmp_path:
     failed = summary[summary.status == "failed"]
     assert len(failed) == 2 and failed.error.str.contains("trainer.monitor").all()
     assert "## Failed jobs" in (tmp_path / "summary.md").read_text()
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")  # the same report as one page
+    assert "Failed jobs" in page and "architecture=single_task" in page and 'src="data:image/png' in page
     assert "sweep summary" in output and "architecture=single_task" in output  # the table is logged
     for job in ("0", "2"):  # completed jobs drew their own curves
         assert json.loads((tmp_path / job / "summary.json").read_text())["status"] == "completed"

@@ -6,7 +6,7 @@ ARGS          ?=# extra arguments for `make run`, e.g. make run ARGS="weighting=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (extras sweep, slurm), so tests check their presets, and the docs tools (extra docs)
+EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (extras sweep, slurm), so tests check their presets, the docs tools (extra docs) and the trackers (extras tensorboard, mlflow)
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-extras run test test-all test-gpu lint format bench docs docs-serve clean
@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install mtlrun with its dependencies (torch pinned)
 
 $(EXTRAS_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs,sweep,slurm]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs,sweep,slurm,tensorboard,mlflow]"
 	@touch $(EXTRAS_STAMP)
 
-install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins (joblib/SLURM launchers, Optuna) and the docs tools (extras sweep, slurm, docs)
+install-extras: $(EXTRAS_STAMP) ## also install the Hydra plugins (joblib/SLURM launchers, Optuna), the docs tools and the trackers (extras sweep, slurm, docs, tensorboard, mlflow)
 
 run: $(STAMP) ## train on the embedded default data set (MultiDigits); ARGS="..." adds overrides
 	$(BIN)/mtlrun $(ARGS)
@@ -49,9 +49,10 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
 	$(BIN)/ruff format mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
 
-bench: $(STAMP) ## speed benchmarks: ratios measured side by side (see benchmarks/)
+bench: $(EXTRAS_STAMP) ## speed benchmarks: ratios measured side by side (see benchmarks/)
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/tabular_load.py
+	$(BIN)/python benchmarks/logging_cost.py
 
 docs: $(EXTRAS_STAMP) ## build the documentation site into build/site/ (mkdocs build --strict: any warning fails)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -52,6 +52,7 @@ GROUP_PAGES = {
     "experiment": "config/experiment.md",
     "debug": "config/debug.md",
     "hparams_search": "config/hparams_search.md",
+    "logger": "config/logger.md",
     "hydra/launcher": "config/hydra.md",
     "hydra/sweeper": "config/hydra.md",
     "hydra/job_logging": "config/hydra.md",

@@ -41,6 +41,7 @@ CHANGEABLE = (
     "trainer.plots",
     "trainer.checkpoint_every",
     "trainer.checkpoint_minutes",
+    "logger",  # where the run is also reported (trackers change no number)
 )
 
 
@@ -105,6 +106,8 @@ def continued_config(cfg: DictConfig, base: DictConfig) -> DictConfig:
         if key == "resume" or wanted.get(key, _MISSING) == default.get(key, _MISSING):
             continue  # not set on the command line
         new, old = wanted.get(key, _MISSING), saved_leaves.get(key, _MISSING)
+        if new is _MISSING and any(k.startswith(f"{key}.") for k in wanted):
+            continue  # an empty mapping that the command line filled: its new leaves are the changes
         if new == old:
             continue  # set, but to the value the run has (a requeued job repeats its overrides)
         if not any(key == k or key.startswith(f"{k}.") for k in CHANGEABLE):

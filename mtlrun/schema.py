@@ -122,6 +122,9 @@ class MtlrunConfig:
     weighting: Any = None
     tasks: Dict[str, Any] = field(default_factory=dict)  # each checked against TaskConfig by validate()
     heads: Dict[str, Any] = field(default_factory=dict)
+    logger: Dict[str, Any] = field(
+        default_factory=dict
+    )  # {name: tracker node}; none unless logger= picks some
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

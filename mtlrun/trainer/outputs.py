@@ -15,7 +15,10 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mtlrun.loggers import Logger
 
 METRICS = "metrics.csv"
 METRIC_COLUMNS = ["epoch", "step", "split", "task", "metric", "value"]
@@ -24,10 +27,11 @@ TEMP_SUFFIX = ".tmp"  # temporary files are hidden: .<name>.<pid>.<random>.tmp
 
 class MetricsWriter:
     """Appends rows ``epoch, step, split, task, metric, value`` to metrics.csv and flushes every call, so
-    a killed run still leaves a valid table."""
+    a killed run still leaves a valid table; ``also`` (the run's experiment trackers) gets the same rows."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, also: Logger | None = None) -> None:
         self.path = path
+        self.also = also
         new = not path.exists() or path.stat().st_size == 0
         self._file = path.open("a", newline="")
         self._csv = csv.writer(self._file, lineterminator="\n")
@@ -41,6 +45,8 @@ class MetricsWriter:
             for metric, value in metrics.items():
                 self._csv.writerow([epoch, step, split, task, metric, repr(float(value))])
         self._file.flush()
+        if self.also is not None:
+            self.also.log_rows(epoch, step, split, values)
 
     def sync(self) -> None:
         """Put the rows written so far on the disk (a checkpoint that counts on them follows)."""

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import rundir, schema, signals
 from mtlrun.errors import ConfigError
+from mtlrun.loggers import RunInfo, build_loggers
 from mtlrun.provenance import provenance
 from mtlrun.trainer import checkpoint
 from mtlrun.trainer.checkpoint import BEST_MODEL, CHECKPOINT, Checkpoints
@@ -63,6 +64,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 def train_and_evaluate(cfg: DictConfig, source: Path | None, record: RunRecord) -> dict:
     """The recipe: record the start, build everything, restore a resumed run, train, record the end."""
     out_dir = record.folder
+    trackers = build_loggers(
+        cfg.logger, out_dir
+    )  # a tracker's missing package fails before anything is written
     in_place = source is not None and source.resolve() == out_dir.resolve()
     if not in_place:  # a new folder: its config and status come first, so even a kill now leaves them
         begin(cfg, record)
@@ -79,8 +83,10 @@ def train_and_evaluate(cfg: DictConfig, source: Path | None, record: RunRecord) 
         higher_is_better=_directions(s),
         provenance=provenance(s.device),
     )
+    record.trackers = trackers
+    trackers.start(RunInfo.of(cfg, out_dir, resumed=source is not None))
     checkpoints = Checkpoints(out_dir, cfg.trainer)
-    with MetricsWriter(out_dir / METRICS) as writer:
+    with MetricsWriter(out_dir / METRICS, also=trackers) as writer:
         train(cfg.trainer, s, state, writer, checkpoints, record)
     return finish(cfg.trainer, s, state, record)
 
@@ -181,7 +187,9 @@ def train_epoch(
         for name, loss, w in zip(s.tasks, mean_losses.tolist(), mean_weights.tolist(), strict=True)
     }
     seconds = time.perf_counter() - clock
-    rows |= s.diagnostics.pop_rows() | {"all": {"time_per_step_s": seconds / s.steps_per_epoch}}
+    rows |= s.diagnostics.pop_rows() | {
+        "all": {"time_per_step_s": seconds / s.steps_per_epoch} | s.learning_rates()
+    }
     state.train_time_s += seconds
     state.epoch, state.current = epoch, EpochProgress()
     return rows
@@ -217,7 +225,9 @@ def evaluate_and_select(
 
 
 def finish(trainer: DictConfig, s: Setup, state: TrainState, record: RunRecord) -> dict:
-    """Record the run as completed, log the selected epoch's table, draw its curves."""
+    """Draw the run's curves, record it as completed, log the selected epoch's table."""
+    if trainer.plots:
+        _plot_curves(record.folder)
     record.complete(s, state)
     log.info(
         "results at epoch %s (selected on validation %s):\n%s",
@@ -227,8 +237,6 @@ def finish(trainer: DictConfig, s: Setup, state: TrainState, record: RunRecord) 
             state.best_val, state.best_test, {t: ["loss", *task.metrics] for t, task in s.tasks.items()}
         ),
     )
-    if trainer.plots:
-        _plot_curves(record.folder)
     log.info("outputs in %s", record.folder)
     return record.fields
 

@@ -163,6 +163,12 @@ class Setup:
     warnings: list[str]  # what the run should know about its settings (logged, and kept in summary.json)
     grad_clip: float | None = None  # the maximum norm of all gradients together (trainer.grad_clip)
 
+    def learning_rates(self) -> dict[str, float]:
+        """{"lr/<group>": the learning rate each parameter group has now} (schedules move them)."""
+        return {
+            f"lr/{g.name}": pg["lr"] for g, pg in zip(self.groups, self.optimizer.param_groups, strict=True)
+        }
+
     def step(self, batch: dict, where: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on ``batch`` (``where``: epoch and step, for error messages); returns the [T]
         task losses and the scalar objective, detached."""

@@ -27,6 +27,7 @@ from mtlrun.trainer.outputs import write_json
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from mtlrun.loggers import Logger
     from mtlrun.trainer.setup import Setup
     from mtlrun.trainer.state import TrainState
 
@@ -44,6 +45,7 @@ class RunRecord:
         self.earlier_wall_time_s = float(self.fields.get("wall_time_s") or 0.0)  # of the run before a resume
         self.active = False  # set once the run writes into its folder (a resume may fail before it does)
         self.state: TrainState | None = None  # the training state, once there is one (for the ending)
+        self.trackers: Logger | None = None  # told how the run ended, with the summary and the run's plots
 
     @classmethod
     def continuing(cls, folder: Path, source: Path | None) -> RunRecord:
@@ -101,6 +103,11 @@ class RunRecord:
 
     def complete(self, s: Setup, state: TrainState) -> None:
         self.progress(s, state, status="completed")
+        self._tell_trackers("completed")
+
+    def _tell_trackers(self, status: str) -> None:
+        if self.trackers is not None:
+            self.trackers.finish(status, self.fields, sorted(self.folder.glob("*.png")))
 
     def end(self, status: str, **fields: Any) -> None:
         """Record how the run ended, even when the disk refuses: then say so in one line (the caller reports
@@ -111,6 +118,7 @@ class RunRecord:
             self.write(status=status, **fields)
         except OSError as err:
             log.error("could not record status '%s' in %s (%s)", status, self.path, err.strerror or err)
+        self._tell_trackers(status)
 
     @contextlib.contextmanager
     def ending(self, checkpointed: bool) -> Iterator[None]:

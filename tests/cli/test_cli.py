@@ -54,8 +54,11 @@ def test_metrics_csv_is_long_format_with_every_row(smoke_run: Path) -> None:
     train = table[(table.split == "train") & (table.task != "all")]
     assert set(train.metric) == {"loss", "weight"}
     assert len(train) == 2 * 3 * 2  # epochs x tasks x (loss, weight)
-    timing = table[table.task == "all"]
-    assert set(timing.metric) == {"time_per_step_s"} and len(timing) == 2 and (timing.value > 0).all()
+    every = table[table.task == "all"]  # per epoch: time per step, each parameter group's learning rate
+    assert set(every.metric) == {"time_per_step_s", "lr/shared", "lr/heads"} and len(every) == 2 * 3
+    assert (every[every.metric == "time_per_step_s"].value > 0).all()
+    lr = every[every.metric == "lr/shared"].value.tolist()
+    assert 3e-3 > lr[0] > lr[1] == pytest.approx(0.0)  # optim.optimizer.lr 3e-3, cosine decay to 0 at the end
     assert (train[train.metric == "weight"].value == 1.0).all()  # equal weighting
     for split in ("val", "test"):
         rows = table[table.split == split]

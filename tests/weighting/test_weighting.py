@@ -294,5 +294,6 @@ def test_a_design_that_shares_nothing_warns_and_trains_as_equal_weighting(weight
         tables = [
             pd.read_csv(tmp_path / name / "metrics.csv") for name in (architecture, f"{architecture}-equal")
         ]
-        tables = [t[t.metric != "time_per_step_s"].reset_index(drop=True) for t in tables]
+        # all but the rows of "all": timing, and learning rates (GradNorm's own weights have a group too)
+        tables = [t[t.task != "all"].reset_index(drop=True) for t in tables]
         pd.testing.assert_frame_equal(*tables)

@@ -18,6 +18,7 @@ whose package is missing raises a ConfigError with the pip command that installs
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +36,21 @@ class RunInfo:
     folder: Path  # the run folder
     name: str  # the run's label (``name=``)
     config: dict[str, Any]  # the resolved config, as plain containers
-    overrides: list[str] = field(
-        default_factory=list
-    )  # the command line's overrides (Hydra's task overrides)
+    overrides: list[str] = field(default_factory=list)  # the command line's (Hydra's task overrides)
     sweep_dir: Path | None = None  # the sweep folder, for a job of a multirun
     job: str | None = None  # the job's number within its sweep
-    resumed: bool = False  # the run continues an earlier one (the tracker may continue its record)
+    resumed_from: Path | None = None  # the folder of the run this one continues (itself, resumed in place)
+    resumed_at_step: int | None = None  # the optimisation step it continues from
+
+    @property
+    def resumed(self) -> bool:
+        """The run continues an earlier one (the tracker may continue its record)."""
+        return self.resumed_from is not None
 
     @classmethod
-    def of(cls, cfg: Any, folder: Path, resumed: bool) -> RunInfo:
+    def of(
+        cls, cfg: Any, folder: Path, resumed_from: Path | None = None, resumed_at_step: int | None = None
+    ) -> RunInfo:
         """The run of ``cfg`` in ``folder``; the overrides and the sweep come from Hydra when it runs one."""
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -60,7 +67,9 @@ class RunInfo:
             if OmegaConf.is_config(cfg)
             else dict(cfg)
         )
-        return cls(folder, str(cfg.get("name")), config, overrides, sweep_dir, job, resumed)
+        return cls(
+            folder, str(cfg.get("name")), config, overrides, sweep_dir, job, resumed_from, resumed_at_step
+        )
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -103,16 +112,16 @@ def selected_values(summary: Mapping[str, Any]) -> dict[str, float]:
 def earlier_rows(folder: Path) -> list[tuple[int, int, str, dict[str, dict[str, float]]]]:
     """The rows a resumed run's metrics.csv already holds, as ``log_rows`` arguments ``(epoch, step, split,
     rows)`` in their order: what a tracker that starts its record at a resume has not seen."""
-    import csv
+    from mtlrun.trainer.outputs import METRICS, metric_rows
 
     calls: dict[tuple[int, int, str], dict[str, dict[str, float]]] = {}
-    path = folder / "metrics.csv"
+    path = folder / METRICS
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            key = (int(row["epoch"]), int(row["step"]), row["split"])
-            calls.setdefault(key, {}).setdefault(row["task"], {})[row["metric"]] = float(row["value"])
+    rows = metric_rows(path, last_epoch=sys.maxsize)
+    next(rows)  # the header
+    for epoch, step, split, task, metric, value in rows:
+        calls.setdefault((int(epoch), int(step), split), {}).setdefault(task, {})[metric] = float(value)
     return [(*key, rows) for key, rows in calls.items()]
 
 
@@ -135,9 +144,6 @@ class Loggers(Logger):
     def __init__(self, loggers: Mapping[str, Logger]) -> None:
         self.loggers = dict(loggers)
         self.started = False  # finish() reaches only trackers that were started
-
-    def __bool__(self) -> bool:
-        return bool(self.loggers)
 
     def _each(self, method: str, *args: Any) -> None:
         for name, logger in list(self.loggers.items()):

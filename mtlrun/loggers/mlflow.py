@@ -284,13 +284,8 @@ def run_tags(run: RunInfo) -> dict[str, str]:
 
 
 def resumed_from(run: RunInfo) -> str | None:
-    """The MLflow run id of the run this one resumed from another folder (from its ``.mlflow_run_id``)."""
-    from mtlrun import rundir
-
-    if not run.resumed:
-        return None
-    resumes = (rundir.read_summary(run.folder) or {}).get("resumes") or []
-    source = Path(resumes[-1].get("from", "")) if resumes else None
+    """The MLflow run id of the run this one resumed from (its folder's ``.mlflow_run_id``)."""
+    source = run.resumed_from
     if source is None or not (source / RUN_ID_FILE).is_file():
         return None
     return (source / RUN_ID_FILE).read_text().strip() or None

@@ -70,7 +70,7 @@ class TensorBoardLogger(Logger):
         from omegaconf import OmegaConf
 
         self.run = run
-        purge = resumed_step(run.folder) if run.resumed else None
+        purge = run.resumed_at_step
         backfill = run.resumed and not any(self.log_dir.glob("events.out.tfevents.*"))
         self.writer = self._writer_class(
             log_dir=str(self.log_dir),
@@ -131,12 +131,3 @@ def hparam_values(run: RunInfo) -> dict[str, bool | int | float | str]:
     for key, text in override_pairs(run.overrides).items():
         values[key] = flat.get(key, text)
     return {k: v if isinstance(v, HPARAM_TYPES) else str(v) for k, v in values.items()}
-
-
-def resumed_step(folder: Path) -> int | None:
-    """The step the run in ``folder`` resumed from: the last entry of its summary.json's ``resumes``."""
-    from mtlrun import rundir
-
-    resumes = (rundir.read_summary(folder) or {}).get("resumes") or []
-    step = resumes[-1].get("step") if resumes else None
-    return int(step) if isinstance(step, int) else None

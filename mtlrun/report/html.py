@@ -22,7 +22,17 @@ from typing import Any
 
 import pandas as pd
 
-from mtlrun.report.markdown import _arrow, _mean_std, _number
+from mtlrun.report.markdown import (
+    NO_BASELINE,
+    arrow,
+    baseline_items,
+    baseline_note,
+    mean_std,
+    metrics_note,
+    number,
+    optuna_items,
+    run_counts,
+)
 from mtlrun.report.table import Report
 
 # Nothing may be fetched: images only from data: URIs, style and script only inline.
@@ -96,8 +106,8 @@ def _text(value: object) -> str:
 
 def _sort_value(value: object) -> str:
     """The data-sort attribute of a numeric cell: the number, or blank when missing."""
-    number = math.nan if value is None else float(value)
-    return repr(number) if math.isfinite(number) else ""
+    x = math.nan if value is None else float(value)
+    return repr(x) if math.isfinite(x) else ""
 
 
 @dataclass
@@ -152,25 +162,25 @@ def comparison_columns(report: Report) -> list[Column]:
         Column("n", [str(n) for n in table.n_seeds], list(table.n_seeds)),
     ]
     for key in report.metrics:
-        header = f"{key} {_arrow(report.higher_is_better.get(key, False))}"
+        header = f"{key} {arrow(report.higher_is_better.get(key, False))}"
         texts = [
-            _mean_std(m, s, ".4g", ".2g")
+            mean_std(m, s, ".4g", ".2g")
             for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"], strict=True)
         ]
         columns.append(numeric(header, f"{key}_mean", texts))
     if "delta_m_mean" in table:
         texts = [
-            _mean_std(m, s, "+.2f", ".2f") for m, s in zip(table.delta_m_mean, table.delta_m_std, strict=True)
+            mean_std(m, s, "+.2f", ".2f") for m, s in zip(table.delta_m_mean, table.delta_m_std, strict=True)
         ]
         columns.append(numeric("Δm% ↓", "delta_m_mean", texts))
     columns += [
-        numeric("mean rank ↓", "mean_rank", [_number(v, ".2f") for v in table.mean_rank]),
+        numeric("mean rank ↓", "mean_rank", [number(v, ".2f") for v in table.mean_rank]),
         numeric(
-            "ms/step ↓", "time_per_step_s", [_number(v * 1000, ".2f") for v in table.time_per_step_s], 1000
+            "ms/step ↓", "time_per_step_s", [number(v * 1000, ".2f") for v in table.time_per_step_s], 1000
         ),
         Column(
             "wall s (all seeds)",
-            [_number(v, ".1f") for v in table.wall_time_s_sum],
+            [number(v, ".1f") for v in table.wall_time_s_sum],
             list(table.wall_time_s_sum),
         ),
         Column("status", [escape(status) for status in table.status]),
@@ -188,44 +198,23 @@ def failed_columns(failed: pd.DataFrame) -> list[Column]:
     ]
 
 
+def _items(items: Iterable[str]) -> str:
+    return f"<ul>{''.join(f'<li>{_text(item)}</li>' for item in items)}</ul>"
+
+
 def _baseline(report: Report) -> list[str]:
     if report.baseline is None:
-        return [
-            "<p>No single-task baseline (<code>architecture=single_task</code> runs or "
-            "<code>--baseline PATH</code>): no Δm%.</p>"
-        ]
-    items = []
-    for dataset, values in report.baseline.values.items():
-        shown = ", ".join(f"{escape(k)} {v:.4g}" for k, v in values.items())
-        items.append(f"<li>{escape(dataset)} ({report.baseline.counts[dataset]} run(s)): {shown}</li>")
-    return [
-        "<p>Δm% = mean over metrics k of (−1)<sup>higher_is_better<sub>k</sub></sup> · (M<sub>k</sub> − "
-        "B<sub>k</sub>) / |B<sub>k</sub>| · 100, per run, then mean ± sample std over seeds; lower is "
-        f"better, negative = better than single-task. B: {_text(report.baseline.source)}; mean over all "
-        "of their seeds, per data set:</p>",
-        f"<ul>{''.join(items)}</ul>",
-    ]
+        return [f"<p>{_text(NO_BASELINE)}</p>"]
+    return [f"<p>{_text(baseline_note(report))}</p>", _items(baseline_items(report))]
 
 
 def _optuna(report: Report) -> list[str]:
     parts = []
     for path, result in report.optuna:
-        items = []
-        if "best_params" in result:
-            items.append(f"<li>best value: {escape(str(result.get('best_value')))}</li>")
-            items += [
-                f"<li><code>{escape(f'{key}={value}')}</code></li>"
-                for key, value in (result.get("best_params") or {}).items()
-            ]
-        for solution in result.get("solutions") or []:
-            params = " ".join(f"{k}={v}" for k, v in (solution.get("params") or {}).items())
-            items.append(
-                f"<li>values {escape(str(solution.get('values')))}: <code>{escape(params)}</code></li>"
-            )
         parts += [
             "<h2>Optuna: best trial</h2>",
             f"<p>From <code>{escape(str(path))}</code>:</p>",
-            f"<ul>{''.join(items)}</ul>",
+            _items(optuna_items(result)),
         ]
     return parts
 
@@ -255,13 +244,7 @@ def render_html(
 ) -> str:
     """The whole report.html: ``plots`` are the PNGs to inline; ``plots_on=False`` says they were turned
     off (``--no-plots``, ``trainer.plots=false``)."""
-    n_configs = len(report.configurations)
-    n_done = sum(len(c.runs) for c in report.configurations)
-    counts = (
-        f"{report.n_runs} run(s): {n_done} completed in {n_configs} configuration(s), "
-        f"{len(report.failed)} failed or incomplete."
-        + (f" {len(report.unreadable)} more could not be read (left out)." if report.unreadable else "")
-    )
+    counts = run_counts(report)
     inputs = ", ".join(f"<code>{escape(path)}</code>" for path in report.inputs) or "(not recorded)"
     date = (now or datetime.now()).strftime("%Y-%m-%d %H:%M:%S")
     body = [
@@ -269,10 +252,7 @@ def render_html(
         f'<dl class="meta"><dt>date</dt><dd>{date}</dd><dt>inputs</dt><dd>{inputs}</dd>'
         f"<dt>split</dt><dd>{escape(report.split)}</dd><dt>runs</dt><dd>{escape(counts)}</dd></dl></header>",
         "<h2>Comparison</h2>",
-        f"<p>Metrics: {escape(report.split)} split at the epoch each run selected on validation; mean ± "
-        "sample std (ddof=1, 2 significant digits) over seeds (no ± with one seed); n = seeds; ↑/↓ = "
-        "higher/lower is better; best in bold. Mean rank: the average over metrics of each configuration's "
-        "rank (1 = best). Wall time: all seeds together. Click a column header to sort.</p>",
+        f"<p>{escape(metrics_note(report))} Click a column header to sort.</p>",
         sortable_table(comparison_columns(report))
         if not report.table.empty
         else "<p><em>no completed run</em></p>",

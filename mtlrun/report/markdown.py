@@ -11,17 +11,17 @@ import pandas as pd
 from mtlrun.report.table import Report
 
 
-def _number(value: float, fmt: str) -> str:
+def number(value: float, fmt: str) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-def _mean_std(mean: float, std: float, fmt: str, std_fmt: str | None = None) -> str:
-    text = _number(mean, fmt)
-    spread = _number(std, std_fmt or fmt)
+def mean_std(mean: float, std: float, fmt: str, std_fmt: str | None = None) -> str:
+    text = number(mean, fmt)
+    spread = number(std, std_fmt or fmt)
     return f"{text} ± {spread}" if text and spread else text
 
 
-def _arrow(higher: bool) -> str:
+def arrow(higher: bool) -> str:
     return "↑" if higher else "↓"
 
 
@@ -33,20 +33,20 @@ def comparison_table(report: Report) -> str:
     columns: dict[str, list[str]] = {"configuration": list(table.label), "n": [str(n) for n in table.n_seeds]}
     header_of: dict[str, str] = {}  # numeric column -> its Markdown header
     for key in report.metrics:
-        header_of[f"{key}_mean"] = f"{key} {_arrow(report.higher_is_better.get(key, False))}"
+        header_of[f"{key}_mean"] = f"{key} {arrow(report.higher_is_better.get(key, False))}"
         columns[header_of[f"{key}_mean"]] = [
-            _mean_std(m, s, ".4g", ".2g")
+            mean_std(m, s, ".4g", ".2g")
             for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"], strict=True)
         ]
     if "delta_m_mean" in table:
         header_of["delta_m_mean"] = "Δm% ↓"
         columns["Δm% ↓"] = [
-            _mean_std(m, s, "+.2f", ".2f") for m, s in zip(table.delta_m_mean, table.delta_m_std, strict=True)
+            mean_std(m, s, "+.2f", ".2f") for m, s in zip(table.delta_m_mean, table.delta_m_std, strict=True)
         ]
     header_of |= {"mean_rank": "mean rank ↓", "time_per_step_s": "ms/step ↓"}
-    columns["mean rank ↓"] = [_number(v, ".2f") for v in table.mean_rank]
-    columns["ms/step ↓"] = [_number(v * 1000, ".2f") for v in table.time_per_step_s]
-    columns["wall s (all seeds)"] = [_number(v, ".1f") for v in table.wall_time_s_sum]
+    columns["mean rank ↓"] = [number(v, ".2f") for v in table.mean_rank]
+    columns["ms/step ↓"] = [number(v * 1000, ".2f") for v in table.time_per_step_s]
+    columns["wall s (all seeds)"] = [number(v, ".1f") for v in table.wall_time_s_sum]
     for column, header in header_of.items():
         mark = column.removesuffix("_mean")
         cells = columns[header]
@@ -67,54 +67,89 @@ def unreadable_list(report: Report) -> list[str]:
     return [f"- {bad.problem}" for bad in report.unreadable]
 
 
-def render(report: Report, plots: Sequence[Path] = ()) -> str:
-    """The whole summary.md: what was compared and how, the table, the baseline, failures, Optuna, plots."""
+# The report's sentences, shared by summary.md and report.html (which turns `code` into <code>).
+NO_BASELINE = "No single-task baseline (`architecture=single_task` runs or `--baseline PATH`): no Δm%."
+DELTA_M = "Δm% = mean over metrics k of (−1)^{higher_is_better_k} · (M_k − B_k) / |B_k| · 100"
+
+
+def run_counts(report: Report) -> str:
     n_configs = len(report.configurations)
     n_done = sum(len(c.runs) for c in report.configurations)
-    lines = [
-        "# mtlrun report",
-        "",
+    return (
         f"{report.n_runs} run(s): {n_done} completed in {n_configs} configuration(s), "
         f"{len(report.failed)} failed or incomplete."
-        + (f" {len(report.unreadable)} more could not be read (left out)." if report.unreadable else ""),
+        + (f" {len(report.unreadable)} more could not be read (left out)." if report.unreadable else "")
+    )
+
+
+def metrics_note(report: Report) -> str:
+    return (
         f"Metrics: {report.split} split at the epoch each run selected on validation; mean ± sample std "
         "(ddof=1, 2 significant digits) over seeds (no ± with one seed); n = seeds; ↑/↓ = higher/lower "
         "is better; best in bold. Mean rank: the average over metrics of each configuration's rank "
-        "(1 = best). Wall time: all seeds together.",
+        "(1 = best). Wall time: all seeds together."
+    )
+
+
+def baseline_note(report: Report) -> str:
+    """How Δm% is computed, and against which runs (a report with a baseline)."""
+    assert report.baseline is not None
+    return (
+        f"{DELTA_M}, per run, then mean ± sample std over seeds; lower is better, negative = better than "
+        f"single-task. B: {report.baseline.source}; mean over all of their seeds, per data set:"
+    )
+
+
+def baseline_items(report: Report) -> list[str]:
+    """B per data set: ``<data set> (<n> run(s)): <metric> <value>, ...``."""
+    assert report.baseline is not None
+    return [
+        f"{dataset} ({report.baseline.counts[dataset]} run(s)): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        for dataset, values in report.baseline.values.items()
+    ]
+
+
+def optuna_items(result: dict) -> list[str]:
+    """An Optuna study's best trial (or Pareto solutions), one line each."""
+    items = []
+    if "best_params" in result:
+        items.append(f"best value: {result.get('best_value')}")
+        items += [f"`{key}={value}`" for key, value in (result.get("best_params") or {}).items()]
+    for solution in result.get("solutions") or []:
+        params = " ".join(f"{k}={v}" for k, v in (solution.get("params") or {}).items())
+        items.append(f"values {solution.get('values')}: `{params}`")
+    return items
+
+
+def render(report: Report, plots: Sequence[Path] = ()) -> str:
+    """The whole summary.md: what was compared and how, the table, the baseline, failures, Optuna, plots."""
+    lines = [
+        "# mtlrun report",
+        "",
+        run_counts(report),
+        metrics_note(report),
         "",
         comparison_table(report),
         "",
     ]
     if report.baseline is None:
-        lines += [
-            "No single-task baseline (`architecture=single_task` runs or `--baseline PATH`): no Δm%.",
-            "",
-        ]
+        lines += [NO_BASELINE, ""]
     else:
-        lines += [
-            "Δm% = mean over metrics k of (−1)^{higher_is_better_k} · (M_k − B_k) / |B_k| · 100, "
-            "per run, then mean ± sample std over seeds; lower is better, negative = better than "
-            f"single-task. B: {report.baseline.source}; mean over all of their seeds, per data set:",
-            "",
-        ]
-        for dataset, values in report.baseline.values.items():
-            count = report.baseline.counts[dataset]
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
-            lines.append(f"- {dataset} ({count} run(s)): {shown}")
-        lines.append("")
+        lines += [baseline_note(report), "", *[f"- {item}" for item in baseline_items(report)], ""]
     if not report.failed.empty:
         lines += ["## Failed jobs", "", failed_table(report), ""]
     if report.unreadable:
         lines += ["## Unreadable runs", "", *unreadable_list(report), ""]
     for path, result in report.optuna:
-        lines += ["## Optuna: best trial", "", f"From `{path}`:", ""]
-        if "best_params" in result:
-            lines.append(f"- best value: {result.get('best_value')}")
-            lines += [f"- `{key}={value}`" for key, value in (result.get("best_params") or {}).items()]
-        for solution in result.get("solutions") or []:
-            params = " ".join(f"{k}={v}" for k, v in (solution.get("params") or {}).items())
-            lines.append(f"- values {solution.get('values')}: `{params}`")
-        lines.append("")
+        lines += [
+            "## Optuna: best trial",
+            "",
+            f"From `{path}`:",
+            "",
+            *[f"- {i}" for i in optuna_items(result)],
+            "",
+        ]
     if report.notes:
         lines += ["## Notes", "", *[f"- {note}" for note in report.notes], ""]
     if plots:

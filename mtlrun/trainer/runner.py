@@ -84,7 +84,9 @@ def train_and_evaluate(cfg: DictConfig, source: Path | None, record: RunRecord) 
         provenance=provenance(s.device),
     )
     record.trackers = trackers
-    trackers.start(RunInfo.of(cfg, out_dir, resumed=source is not None))
+    trackers.start(
+        RunInfo.of(cfg, out_dir, resumed_from=source, resumed_at_step=state.step if source else None)
+    )
     checkpoints = Checkpoints(out_dir, cfg.trainer)
     with MetricsWriter(out_dir / METRICS, also=trackers) as writer:
         train(cfg.trainer, s, state, writer, checkpoints, record)

@@ -26,8 +26,11 @@ from mtlrun.loggers import RunInfo, build_loggers
 from mtlrun.loggers.base import flat_config
 from mtlrun.trainer import runner
 
-pytest.importorskip("tensorboard")
-pytest.importorskip("mlflow")
+# `make test` installs both (extras tensorboard, mlflow); a bare `pytest` without them skips this file, saying so
+pytest.importorskip(
+    "tensorboard", reason="the tensorboard extra is not installed: pip install -e '.[tensorboard]'"
+)
+pytest.importorskip("mlflow", reason="the mlflow extra is not installed: pip install -e '.[mlflow]'")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -207,9 +210,8 @@ def test_tensorboard_drops_the_steps_a_resumed_run_trains_again(tmp_path: Path) 
     for step, value in ((3, 1.0), (6, 2.0)):
         first.log_rows(1, step, "train", {"left": {"loss": value}})
     first.writer.flush()  # killed: no finish
-    (tmp_path / "summary.json").write_text(json.dumps({"resumes": [{"from": str(tmp_path), "step": 3}]}))
     again = TensorBoardLogger(tmp_path)
-    again.start(RunInfo(tmp_path, "x", {"seed": 0}, resumed=True))
+    again.start(RunInfo(tmp_path, "x", {"seed": 0}, resumed_from=tmp_path, resumed_at_step=3))
     again.log_rows(2, 6, "train", {"left": {"loss": 5.0}})
     again.finish("completed", {"steps": 6}, [])
     assert [(e.step, e.value) for e in events(tmp_path).Scalars("train/left/loss")] == [(3, 1.0), (6, 5.0)]
@@ -220,8 +222,7 @@ def test_a_tracker_that_starts_at_a_resume_first_gets_the_rows_metrics_csv_kept(
     (tmp_path / "metrics.csv").write_text(
         "epoch,step,split,task,metric,value\n1,3,train,left,loss,0.5\n1,3,val,left,accuracy,0.25\n"
     )
-    (tmp_path / "summary.json").write_text(json.dumps({"resumes": [{"from": "elsewhere", "step": 3}]}))
-    run = RunInfo(tmp_path, "x", {"seed": 0}, resumed=True)
+    run = RunInfo(tmp_path, "x", {"seed": 0}, resumed_from=tmp_path / "elsewhere", resumed_at_step=3)
     trackers = [TensorBoardLogger(tmp_path), MLflowLogger(tmp_path, tracking_uri=f"{tmp_path}/m.db")]
     for tracker in trackers:
         tracker.start(run)

@@ -19,8 +19,9 @@ held constant, so the objective does not also move w. At the start of each step 
 be positive and rescaled to sum to T, so the weights applied (`last_weights`) always sum to T.
 
 W is the model's `last_shared_parameters()`, kept by `attach`; the T extra gradients pass only through the
-heads and that layer. Architectures that share nothing (single_task) have no W: the run warns and every
-task trains on its own loss. Without an attached model (a unit test calling `combine` alone) the weights
+heads and that layer, each from its own task's scalar loss (`combine_task_losses`), so through its own head
+only. Architectures that share nothing (single_task) have no W: the run warns and every task trains on its
+own loss. Without an attached model (a unit test calling `combine` alone) the weights
 are applied but not learned.
 
 **Options.**
@@ -36,7 +37,7 @@ reach 0 or turn negative.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,18 +68,23 @@ class GradNorm(Weighting):
         self.shared_layer = list(model.last_shared_parameters())
 
     def combine(self, losses: Tensor) -> Tensor:
+        return self.combine_task_losses(losses, list(losses.unbind()))
+
+    def combine_task_losses(self, losses: Tensor, per_task: Sequence[Tensor]) -> Tensor:
+        """`combine`, with each n_t taken from task t's own scalar loss ``per_task[t]``: its pass runs through
+        task t's head and W only, not back through the stacked vector into every head."""
         with torch.no_grad():
             self.weights.clamp_(min=MIN_WEIGHT)
             self.weights.mul_(self.num_tasks / self.weights.sum())
         w = self.weights.detach().to(losses.dtype)
         if self.shared_layer and losses.requires_grad:
-            self.weights.grad = self._weight_grad(losses, w).to(self.weights.dtype)
+            self.weights.grad = self._weight_grad(losses, per_task, w).to(self.weights.dtype)
         self.last_weights = w.float()
         return (w * losses).sum()
 
-    def _weight_grad(self, losses: Tensor, w: Tensor) -> Tensor:
+    def _weight_grad(self, losses: Tensor, per_task: Sequence[Tensor], w: Tensor) -> Tensor:
         """sign(G_t - target_t) * n_t, the gradient of sum_t |G_t - target_t| with respect to w_t."""
-        norms = torch.stack([self._grad_norm(losses[t]) for t in range(self.num_tasks)]).to(losses)
+        norms = torch.stack([self._grad_norm(loss) for loss in per_task]).to(losses)
         first = torch.where(self.has_initial, self.initial_losses.to(losses), losses.detach())
         self.initial_losses.copy_(first)  # L(0): the first step's losses, kept from then on
         self.has_initial.fill_(True)
@@ -89,6 +95,8 @@ class GradNorm(Weighting):
         return torch.sign(g - target) * norms
 
     def _grad_norm(self, loss: Tensor) -> Tensor:
+        if not loss.requires_grad:
+            return loss.new_zeros(())
         grads = torch.autograd.grad(loss, self.shared_layer, retain_graph=True, allow_unused=True)
         squares = [g.detach().pow(2).sum() for g in grads if g is not None]
         return torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(())

@@ -25,19 +25,31 @@ the paper does not need: a task whose gradient is zero (below machine precision 
 no unit gradient, so it is left out of the equal-projection conditions and gets weight 0 (all rows zero:
 weights 1/T, d = 0). The system is solved by least squares with a cut-off on small singular values, so a
 singular system (equal or linearly dependent gradients) gets its minimum-norm solution instead of
-overflowing; D and U are formed from the gradients themselves rather than from the Gram matrix, which keeps
-the digits that nearly parallel gradients would cancel.
+overflowing.
+
+**Solver.** Everything comes from the T×T Gram matrix M = G Gᵀ (float64, on the CPU), the only pass over the
+[T, P] gradients besides the final d = Gᵀα. With N = diag(‖g_t‖) (‖g_t‖ = √M_tt) and the (T−1)×T difference
+matrix Δ = [1 | −I], the rows above are D = ΔG and U = ΔN⁻¹G, so the closed form reads
+
+```text
+(Δ N⁻¹ M Δᵀ) α_(2:T) = Δ N⁻¹ M e_1,        α = e_1 − Δᵀ α_(2:T)
+```
+
+Forming the system from M costs relative accuracy when gradients are nearly parallel: its entries are
+differences of nearly equal products, exact to about ε / (1 − cos θ) relative (ε the precision of the
+gradients' dtype, in which M is multiplied).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting
+from mtlrun.weighting.base import GradientWeighting, gram_matrix
 
 
 class IMTL(GradientWeighting):
@@ -49,22 +61,37 @@ class IMTL(GradientWeighting):
         super().__init__(tasks, grad_source=grad_source, update_every=update_every)
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
-        num = len(grads)
+        gram = gram_matrix(grads)  # M = G Gᵀ, float64 on the CPU: the only pass over the gradients
         eps = torch.finfo(grads.dtype).eps
-        norms = grads.norm(dim=1)
-        keep = (norms > eps * norms.max()).nonzero().flatten()
-        weights = torch.zeros(num, dtype=torch.float64)  # solved on the CPU in float64, like the system
-        if len(keep) == 0:
-            weights += 1.0 / num
-        elif len(keep) == 1:
-            weights[keep.cpu()] = 1.0
-        else:
-            g = grads[keep]
-            u = g / norms[keep, None]
-            d_rows, u_rows = g[:1] - g[1:], u[:1] - u[1:]
-            system = (u_rows @ d_rows.T).to("cpu", torch.float64)  # (D U')' = U D'
-            rhs = (u_rows @ g[0]).to("cpu", torch.float64)  # (g_1 U')'
-            rest = torch.linalg.lstsq(system, rhs[:, None], rcond=eps * len(keep), driver="gelsd")
-            alpha = rest.solution[:, 0]
-            weights[keep.cpu()] = torch.cat([1.0 - alpha.sum().reshape(1), alpha])
+        norms = gram.diagonal().sqrt()
+        smallest, largest = norms.aminmax()
+        if float(smallest) > eps * float(largest):
+            weights = _weights(gram, norms, eps)
+        else:  # zero gradients: weight 0, and left out of the conditions
+            weights = torch.zeros(len(gram), dtype=torch.float64)
+            kept = (norms > eps * largest).nonzero().flatten()
+            if len(kept) == 0:
+                weights += 1.0 / len(gram)
+            else:
+                weights[kept] = _weights(gram[kept][:, kept], norms[kept], eps)
         return self.apply_weights(weights, grads)
+
+
+def _weights(m: Tensor, n: Tensor, eps: float) -> Tensor:
+    """α from the Gram matrix m of non-zero gradients and their norms n (module docstring): the system in
+    minimum-norm least squares, singular values below eps · T times the largest cut off."""
+    if len(m) == 1:
+        return torch.ones(1, dtype=m.dtype)
+    delta, right = _differences(len(m))
+    both = delta @ (m / n[:, None]) @ right  # [Δ N⁻¹ M e_1 | Δ N⁻¹ M Δᵀ]
+    rest = torch.linalg.pinv(both[:, 1:], rtol=eps * len(m)) @ both[:, 0]
+    return right[:, 0] - delta.T @ rest
+
+
+@functools.lru_cache(maxsize=16)
+def _differences(num: int) -> tuple[Tensor, Tensor]:
+    """Δ = [1 | −I], (T−1)×T, and [e_1 | Δᵀ], T×T, in float64 (never written to)."""
+    delta = torch.cat(
+        [torch.ones(num - 1, 1, dtype=torch.float64), -torch.eye(num - 1, dtype=torch.float64)], 1
+    )
+    return delta, torch.cat([torch.eye(num, 1, dtype=torch.float64), delta.T], 1)

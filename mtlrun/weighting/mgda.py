@@ -18,9 +18,23 @@ equality where α_t > 0. Both ways of combining agree when every n_t = 1. For tw
 point of the segment closest to the origin, α_1 = clip((ĝ_2 − ĝ_1)ᵀĝ_2 / ‖ĝ_1 − ĝ_2‖², 0, 1). A zero
 gradient puts the origin in the hull, so d = 0 on that step.
 
-**Solver.** Frank-Wolfe over the T×T Gram matrix M of the normalised gradients (the paper's Algorithm 2).
-From α = 1/T, step towards the vertex e_j with the smallest (Mα)_j, by the exact minimiser of the norm on
-the segment between two points (the paper's Algorithm 1): with θ = Σ_t α_t ĝ_t,
+**Solver.** Everything works on the T×T Gram matrix M of the normalised gradients. With away steps (the
+default) the answer comes first from one non-negative quadratic programme, solved exactly by block principal
+pivoting (`mtlrun.weighting.base.nonnegative_qp_batch`, a few T×T linear solves):
+
+```text
+y = argmin_(y ≥ 0) ½ yᵀMy − 1ᵀy,        α = y / Σ_t y_t
+```
+
+whose KKT conditions (My ≥ 1, with equality where y_t > 0) are, divided by Σ_t y_t, the optimality conditions
+above. It is kept when it passes them to `tol`. A zero gradient is the min-norm point itself (weight 1 on
+it). The programme has no solution when the hull contains the origin otherwise (opposite gradients), and its
+systems are singular for dependent gradients (equal gradients, rank below T): there M + 11ᵀ replaces M
+(a bounded programme whose conditions My ≥ (1 − Σ_t y_t)·1 give the same α), solved one variable at a time
+by the Lawson–Hanson method, which sets dependent columns aside. Where neither answer passes, and always with
+`away_steps: false`, Frank-Wolfe over M (the paper's Algorithm 2) gives the answer. From α = 1/T, step
+towards the vertex e_j with the smallest (Mα)_j, by the exact minimiser of the norm on the segment between
+two points (the paper's Algorithm 1): with θ = Σ_t α_t ĝ_t,
 
 ```text
 γ = clip((θᵀθ − θᵀĝ_j) / ‖θ − ĝ_j‖², 0, 1),        α ← (1 − γ) α + γ e_j
@@ -31,7 +45,7 @@ the usual case; away steps (Lacoste-Julien & Jaggi, NeurIPS 2015) also move away
 use, with the same exact line search, which converges linearly and sets unused weights exactly to 0. The
 solver stops when both optimality gaps are below `tol` relative to ‖θ‖², or earlier when the exact minimum
 on the face in use (one (k+1)×(k+1) linear system, tried every few iterations and after the last) passes
-the optimality conditions: the answer is then exact to rounding. CAGrad uses the same solver.
+the optimality conditions: the answer is then exact to rounding. CAGrad uses the same solver (both parts).
 
 **Options.**
 
@@ -40,8 +54,10 @@ the optimality conditions: the answer is then exact to rounding. CAGrad uses the
 - `combine`: `original` weighs the original gradients by α (the task losses are scaled by α);
   `normalised` weighs the normalised gradients.
 - `max_iter`: the most Frank-Wolfe iterations.
-- `tol`: the stopping tolerance on the optimality gaps, relative to ‖θ‖².
-- `away_steps`: also step away from the worst vertex in use; false is the paper's plain Frank-Wolfe.
+- `tol`: the tolerance on the optimality gaps, relative to ‖θ‖² (Frank-Wolfe's stopping rule, and the test
+  the exact answer must pass).
+- `away_steps`: the exact programme first, and Frank-Wolfe also steps away from the worst vertex in use;
+  false is the paper's plain Frank-Wolfe.
 - `grad_source`: `shared_params` (MGDA) or `representation` (gradients of the shared representation: the
   paper's MGDA-UB).
 - `update_every`: solve every k steps and reuse α in between.
@@ -54,8 +70,8 @@ flip or blow up the gradient) and stops the run with a `TrainingError` naming th
 
 **Departures from the paper.** The paper normalises nothing; the normalisations and the two ways of
 combining come from implementations (`original` from the authors' code, which scales the task losses by α;
-`normalised` from LibMTL). Away steps, the exact face minimum and the stopping rule are additions to the
-paper's Frank-Wolfe, which they reach faster and more exactly.
+`normalised` from LibMTL). The exact programme, away steps, the exact face minimum and the stopping rule
+are additions to the paper's Frank-Wolfe: they reach its answer faster and more exactly.
 """
 
 from __future__ import annotations
@@ -67,7 +83,7 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError, TrainingError, check_choice
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import GradientWeighting, gram_matrix
+from mtlrun.weighting.base import GradientWeighting, gram_matrix, nonnegative_qp, nonnegative_qp_batch
 
 NORMALISATIONS = ("none", "l2", "loss", "loss+")
 COMBINE = ("original", "normalised")
@@ -93,12 +109,45 @@ def _face_minimum(gram: Tensor, alpha: list[float], tol: float) -> Tensor | None
     x[support] = solution[:k]
     if int(info) != 0 or not bool(torch.isfinite(x).all()) or bool((x[support] <= 0).any()):
         return None
+    return x if _is_min_norm_point(gram, x, tol) else None
+
+
+def _is_min_norm_point(gram: Tensor, x: Tensor, tol: float) -> bool:
+    """Whether simplex weights x meet the optimality conditions of the min-norm point to ``tol``: every
+    vertex has a dot product with θ = Σ_t x_t g_t of at least ‖θ‖², those in use (x_t > 0) of exactly ‖θ‖²,
+    up to tol·‖θ‖² plus the rounding of the dot products (which alone remains when θ = 0)."""
     dots = gram @ x
     sq = float(x @ dots)
-    inside = dots[support]
-    if float(dots.min()) < sq - tol * sq or float(inside.max()) > sq + tol * sq:
+    slack = tol * sq + 16 * len(gram) * torch.finfo(gram.dtype).eps * float(gram.diagonal().max())
+    return float(dots.min()) >= sq - slack and float(dots[x > 0].max()) <= sq + slack
+
+
+def _exact_min_norm(gram: Tensor, tol: float) -> Tensor | None:
+    """The min-norm weights from a non-negative quadratic programme, or None where it gives none that passes
+    `_is_min_norm_point`.
+
+    With y = argmin_(y ≥ 0) ½ yᵀMy − 1ᵀy, the KKT conditions My ≥ 1 (= 1 where y > 0) make α = y / Σ_t y_t
+    meet Mα ≥ αᵀMα (= where α > 0), the min-norm conditions; M is scaled to a unit largest diagonal first.
+    Block principal pivoting solves it unless a system is singular: the hull holds the origin (the programme
+    is then unbounded) or the gradients are dependent. Then M + 11ᵀ replaces M: that programme is bounded,
+    and its conditions My ≥ (1 − Σy)·1 give the same α; Lawson–Hanson (`nonnegative_qp`) solves it one
+    variable at a time, setting dependent columns aside. A zero gradient is the answer itself."""
+    diagonal = gram.diagonal()
+    zero = (diagonal <= 0).nonzero().flatten()
+    if len(zero):  # a zero gradient is the origin itself: all the weight on it
+        alpha = torch.zeros_like(diagonal)
+        alpha[zero[0]] = 1.0
+        return alpha
+    c = gram / float(diagonal.max())
+    y, solved, _ = nonnegative_qp_batch(c, torch.full((1, len(c)), -1.0, dtype=c.dtype))
+    y = y[0]
+    if not bool(solved[0]):
+        y = torch.tensor(nonnegative_qp((c + 1.0).tolist(), [-1.0] * len(c))[0], dtype=c.dtype)
+    total = float(y.sum())
+    if not total > 0.0:
         return None
-    return x
+    x = y / total
+    return x if _is_min_norm_point(gram, x, tol) else None
 
 
 def min_norm_weights(
@@ -112,10 +161,16 @@ def min_norm_weights(
     """Weights on the simplex of the minimum-norm point of the convex hull of T points, from their float64
     Gram matrix [T, T] (CPU).
 
-    Frank-Wolfe with exact line search (and away steps unless `away_steps=False`), in plain floats: T is
-    small, so Python arithmetic over the T×T matrix beats launching tensor operations. Every `polish_every`
-    iterations, the exact minimum on the face in use is tried (`_face_minimum`).
+    With away steps, the exact programme comes first (`_exact_min_norm`). Where it has no answer, Frank-Wolfe
+    with exact line search and away steps; with `away_steps=False`, plain Frank-Wolfe only. Frank-Wolfe runs
+    in plain floats (T is small, so Python arithmetic over the T×T matrix beats launching tensor operations)
+    from `init` (uniform by default), and tries the exact minimum on the face in use every `polish_every`
+    iterations (`_face_minimum`).
     """
+    if away_steps:
+        exact = _exact_min_norm(gram, tol)
+        if exact is not None:
+            return exact
     n = len(gram)
     rows = gram.tolist()
     alpha = init.tolist() if init is not None else [1.0 / n] * n

@@ -22,9 +22,17 @@ min_(λ ≥ 0) ½ λᵀMλ + λᵀM e_i,       KKT: λ ≥ 0,  μ = M(e_i + λ) 
 So d = Gᵀw with w = 1/T Σ_i (e_i + λ⁽ⁱ⁾) (`last_weights`): a weighting of the task gradients. Positive row
 scalings do not change K, so the programmes are solved on the cosine matrix C = D M D (D = diag(1/‖g_i‖),
 unit diagonal; then λ⁽ⁱ⁾_k = ‖g_i‖ μ_k / ‖g_k‖), which makes gradients of very different norms harmless.
-Each is solved exactly by the Lawson–Hanson active-set method in its Gram form (only M is needed), in
-float64 on the CPU: at most a few T×T solves per task, accurate to rounding. A zero gradient puts no
-constraint on K and is left out of the programmes.
+A zero gradient puts no constraint on K and is left out of the programmes.
+
+**Solver.** Only the T×T matrix C is needed, in float64 on the CPU, and every answer is exact to rounding.
+The T programmes share C, so beyond a few tasks they are solved together by block principal pivoting
+(`mtlrun.weighting.base.nonnegative_qp_batch`): each keeps a set F of free variables and solves
+C_FF λ_F = −(C e_i)_F, then moves all its infeasible variables across at once (only the last one when that
+stops reducing their number); an iteration is one batched Cholesky factorisation of the T systems, and a few
+iterations usually suffice. With at most `FEW_TASKS` non-zero gradients, and for a programme whose systems
+are numerically singular (dependent gradients), the Lawson–Hanson active-set method in its Gram form
+(`mtlrun.weighting.base.nonnegative_qp`) solves the programmes one by one in plain floats, one variable at a
+time, setting dependent columns aside.
 
 **Options.**
 
@@ -43,7 +51,6 @@ solved exactly on the cosine matrix and `reg_eps` is the regularisation, applied
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -52,76 +59,16 @@ from torch import Tensor
 
 from mtlrun.errors import ConfigError, check_choice
 from mtlrun.tasks import Task
-from mtlrun.weighting.base import REDUCTIONS, GradientWeighting, cosine_matrix, gram_matrix
+from mtlrun.weighting.base import (
+    REDUCTIONS,
+    GradientWeighting,
+    cosine_matrix,
+    gram_matrix,
+    nonnegative_qp,
+    nonnegative_qp_batch,
+)
 
-
-def _solve_spd(a: list[list[float]], b: list[float]) -> list[float] | None:
-    """Solve a x = b for a small symmetric positive definite a (Cholesky); None when a is (numerically)
-    singular."""
-    n = len(b)
-    low = [[0.0] * n for _ in range(n)]
-    for r in range(n):
-        for c in range(r + 1):
-            s = a[r][c] - sum(low[r][k] * low[c][k] for k in range(c))
-            if r == c:
-                if s <= 1e-13 * max(a[r][r], 1e-300):
-                    return None
-                low[r][r] = math.sqrt(s)
-            else:
-                low[r][c] = s / low[c][c]
-    y = [0.0] * n
-    for r in range(n):
-        y[r] = (b[r] - sum(low[r][k] * y[k] for k in range(r))) / low[r][r]
-    x = [0.0] * n
-    for r in reversed(range(n)):
-        x[r] = (y[r] - sum(low[k][r] * x[k] for k in range(r + 1, n))) / low[r][r]
-    return x
-
-
-def nonnegative_qp(c: list[list[float]], q: list[float], tol: float = 1e-12) -> tuple[list[float], int]:
-    """argmin_(x >= 0) ½ xᵀ c x + qᵀ x for a PSD c (Lawson–Hanson active set on the Gram form).
-
-    Returns (x, number of linear solves). Exact up to rounding: on return, x >= 0, the gradient c x + q is
-    >= −tol everywhere and 0 (to rounding) where x > 0."""
-    n = len(q)
-    x = [0.0] * n
-    passive: list[int] = []
-    unusable: set[int] = set()  # columns numerically dependent on the passive ones
-    solves = 0
-    for _ in range(4 * n + 4):
-        grad = [sum(c[k][m] * x[m] for m in range(n)) + q[k] for k in range(n)]
-        free = [k for k in range(n) if k not in passive and k not in unusable]
-        if not free:
-            break
-        j = min(free, key=lambda k: grad[k])
-        if grad[j] >= -tol:
-            break  # KKT holds: no variable at zero can decrease f
-        trial = passive + [j]
-        while True:
-            solves += 1
-            z = _solve_spd([[c[r][s] for s in trial] for r in trial], [-q[r] for r in trial])
-            if z is None or (j in trial and z[trial.index(j)] <= 0 and x[j] == 0.0):
-                unusable.add(j)  # dependent (or rounding-level) column: leave x as it was
-                trial = None
-                break
-            if all(v > 0 for v in z):
-                x = [0.0] * n
-                for r, v in zip(trial, z, strict=True):
-                    x[r] = v
-                break
-            # move from x towards z until the first passive variable reaches 0, drop it, solve again
-            step = min(x[r] / (x[r] - v) for r, v in zip(trial, z, strict=True) if v <= 0)
-            for r, v in zip(trial, z, strict=True):
-                x[r] += step * (v - x[r])
-            trial = [r for r in trial if x[r] > 1e-15 * (1.0 + abs(x[r]))]
-            for r in range(n):
-                if r not in trial:
-                    x[r] = 0.0
-            if not trial:
-                break
-        if trial is not None:
-            passive = trial
-    return x, solves
+FEW_TASKS = 6  # up to this many non-zero gradients, the programmes are solved one by one (`nonnegative_qp`)
 
 
 class UPGrad(GradientWeighting):
@@ -146,28 +93,36 @@ class UPGrad(GradientWeighting):
     def dual_multipliers(self, gram: Tensor) -> Tensor:
         """[T, T] matrix whose row i is λ^(i): π_K(g_i) = Gᵀ(e_i + λ^(i)), from the Gram matrix (float64)."""
         n = gram.shape[0]
-        lam = torch.zeros(n, n, dtype=torch.float64)
         self.last_solves = 0
         mask, norms, cosine = cosine_matrix(gram)
-        active = mask.nonzero().flatten().tolist()
-        if len(active) < 2:
-            return lam
-        if (cosine >= 0).all():
-            return lam  # no conflict: every g_i already lies in the cone
-        c = (cosine + self.reg_eps * torch.eye(len(active), dtype=torch.float64)).tolist()
-        solves = 0
-        for a, i in enumerate(active):
-            mu, used = nonnegative_qp(c, c[a])
-            solves += used
-            lam[i, active] = norms[a] * torch.tensor(mu, dtype=torch.float64) / norms
+        active = mask.nonzero().flatten()
+        if len(active) < 2 or bool((cosine >= 0).all()):
+            return torch.zeros(n, n, dtype=torch.float64)  # no conflict: every g_i already lies in the cone
+        c = cosine + self.reg_eps * torch.eye(len(active), dtype=torch.float64) if self.reg_eps else cosine
+        # programme a has q = c e_a, row a of c: all of them at once beyond a few tasks; one by one in plain
+        # floats for a few tasks (faster than launching tensor operations at that size) and for those the
+        # batch leaves unsolved (dependent gradients: the one-at-a-time method sets such columns aside)
+        if len(active) > FEW_TASKS:
+            mu, solved, solves = nonnegative_qp_batch(c, c)
+        else:
+            mu, solved, solves = torch.zeros_like(c), torch.zeros(len(active), dtype=torch.bool), 0
+        if not bool(solved.all()):
+            rows = c.tolist()
+            left = (~solved).nonzero().flatten().tolist()
+            found = [nonnegative_qp(rows, rows[a]) for a in left]
+            mu[left] = torch.tensor([x for x, _ in found], dtype=torch.float64)
+            solves += sum(used for _, used in found)
         self.last_solves = solves
-        return lam
+        lam = norms[:, None] * mu / norms  # back from the cosine matrix to the gradients' scale
+        if len(active) == n:
+            return lam
+        full = torch.zeros(n, n, dtype=torch.float64)
+        full[active[:, None], active] = lam
+        return full
 
     def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
         gram = gram_matrix(grads)
-        n = gram.shape[0]
-        lam = self.dual_multipliers(gram)
-        weights = (torch.eye(n, dtype=torch.float64) + lam).sum(dim=0)
+        weights = 1.0 + self.dual_multipliers(gram).sum(dim=0)  # Σ_i (e_i + λ^(i))
         if self.reduction == "mean":
-            weights = weights / n
+            weights = weights / len(gram)
         return self.apply_weights(weights, grads)

@@ -1,6 +1,7 @@
 """The ``mtlrun`` command: a Hydra app that trains one run per config (or one per job of a sweep).
 
-torch is imported only inside the task function, so ``mtlrun --help`` and ``mtlrun --cfg job`` stay fast.
+torch is imported only inside the task function, so ``mtlrun --help`` (mtlrun/app_help.py), ``mtlrun --cfg job``
+and the config errors found before a run starts never import it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mtlrun import plugins, schema, signals
+from mtlrun import app_help, plugins, schema, signals
 from mtlrun.paths import config_dir
 
 log = logging.getLogger("mtlrun")
@@ -139,6 +140,8 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors reach main(), which words them below
     logging.raiseExceptions = False  # a log file the disk refuses: no traceback per line (the error says it)
     try:
+        if app_help.show(sys.argv[1:], config_dir()):  # --help without Hydra's slow help formatter
+            return
         app()
     except signals.Interrupted as stop:  # a second signal outside a run (composing, waiting for jobs)
         print(f"interrupted by {signals.name(stop.signum)}", file=sys.stderr)

@@ -26,7 +26,7 @@ def provenance(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # in effect: trainer.num_threads or the default (mtlrun/threads.py)
         "host": socket.gethostname(),
         "command": shlex.join(["mtlrun", *sys.argv[1:]]),
         "cwd": os.getcwd(),

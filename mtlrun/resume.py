@@ -37,6 +37,7 @@ HYDRA_CONFIG_FILE = ".hydra/config.yaml"  # the composed config Hydra saves befo
 CHANGEABLE = (
     "trainer.epochs",
     "trainer.device",
+    "trainer.num_threads",  # CPU threads: how fast it trains, like the device (sums may differ in the last bits)
     "trainer.progress",
     "trainer.plots",
     "trainer.checkpoint_every",

@@ -80,6 +80,7 @@ class TrainerConfig:
     batch_size: int = ranged(ge=1)
     eval_batch_size: int = ranged(ge=1)
     device: Device = MISSING
+    num_threads: Optional[int] = ranged(ge=1, null="torch's default (cores // n_jobs in a parallel sweep)")
     precision: Precision = MISSING
     compile: bool = MISSING
     deterministic: bool = MISSING

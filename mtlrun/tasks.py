@@ -19,13 +19,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import Tensor
 
 from mtlrun.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torchmetrics
+
+
+def _torchmetrics() -> ModuleType:
+    """torchmetrics, imported when the first metric is built: its import costs about 2 s of CPU (it pulls in
+    scipy.signal and matplotlib), which building and checking tasks does not need."""
+    import torchmetrics
+
+    return torchmetrics
+
 
 KINDS = ("regression", "binary", "multiclass", "multilabel")
 
@@ -43,26 +56,26 @@ OUTPUT_REDUCTION = {"regression": "sum", "binary": "sum", "multiclass": "none", 
 # from the task's number of classes.
 METRICS: dict[str, dict[str, Callable[[int], torchmetrics.Metric]]] = {
     "regression": {
-        "mse": lambda n: torchmetrics.MeanSquaredError(),
-        "rmse": lambda n: torchmetrics.MeanSquaredError(squared=False),
-        "mae": lambda n: torchmetrics.MeanAbsoluteError(),
-        "r2": lambda n: torchmetrics.R2Score(),
+        "mse": lambda n: _torchmetrics().MeanSquaredError(),
+        "rmse": lambda n: _torchmetrics().MeanSquaredError(squared=False),
+        "mae": lambda n: _torchmetrics().MeanAbsoluteError(),
+        "r2": lambda n: _torchmetrics().R2Score(),
     },
     "binary": {
-        "accuracy": lambda n: torchmetrics.classification.BinaryAccuracy(),
-        "auroc": lambda n: torchmetrics.classification.BinaryAUROC(),
-        "f1": lambda n: torchmetrics.classification.BinaryF1Score(),
-        "average_precision": lambda n: torchmetrics.classification.BinaryAveragePrecision(),
+        "accuracy": lambda n: _torchmetrics().classification.BinaryAccuracy(),
+        "auroc": lambda n: _torchmetrics().classification.BinaryAUROC(),
+        "f1": lambda n: _torchmetrics().classification.BinaryF1Score(),
+        "average_precision": lambda n: _torchmetrics().classification.BinaryAveragePrecision(),
     },
     "multiclass": {
-        "accuracy": lambda n: torchmetrics.classification.MulticlassAccuracy(n, average="micro"),
-        "balanced_accuracy": lambda n: torchmetrics.classification.MulticlassAccuracy(n, average="macro"),
-        "f1_macro": lambda n: torchmetrics.classification.MulticlassF1Score(n, average="macro"),
+        "accuracy": lambda n: _torchmetrics().classification.MulticlassAccuracy(n, average="micro"),
+        "balanced_accuracy": lambda n: _torchmetrics().classification.MulticlassAccuracy(n, average="macro"),
+        "f1_macro": lambda n: _torchmetrics().classification.MulticlassF1Score(n, average="macro"),
     },
     "multilabel": {
-        "accuracy": lambda n: torchmetrics.classification.MultilabelAccuracy(n),
-        "f1_macro": lambda n: torchmetrics.classification.MultilabelF1Score(n, average="macro"),
-        "auroc": lambda n: torchmetrics.classification.MultilabelAUROC(n),
+        "accuracy": lambda n: _torchmetrics().classification.MultilabelAccuracy(n),
+        "f1_macro": lambda n: _torchmetrics().classification.MultilabelF1Score(n, average="macro"),
+        "auroc": lambda n: _torchmetrics().classification.MultilabelAUROC(n),
     },
 }
 

@@ -19,8 +19,9 @@ is one failed job:
   they have stopped this process exits with 128 + the signal number. A second signal kills the children at
   once. A signal ignored when the sweep starts (SIGHUP under nohup) stays ignored. A child also gets SIGTERM
   if this process dies (PR_SET_PDEATHSIG).
-- Threads: each child runs torch with max(1, cpu_count // n_jobs) threads (OMP_NUM_THREADS, MKL_NUM_THREADS,
-  torch.set_num_threads) unless OMP_NUM_THREADS is set in the environment.
+- Threads: each child runs torch with max(1, cores // n_jobs) threads (OMP_NUM_THREADS, MKL_NUM_THREADS,
+  torch.set_num_threads; `mtlrun.threads.share`) unless OMP_NUM_THREADS is set in the environment; a job's
+  ``trainer.num_threads``, when set, overrides that share as the run starts.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtlrun import rundir, signals
+from mtlrun import rundir, signals, threads
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class _Job:
 
 class ParallelLauncher(Launcher):
     def __init__(self, n_jobs: int = 2) -> None:
-        self.n_jobs = n_jobs if n_jobs > 0 else _cpus()
+        self.n_jobs = n_jobs if n_jobs > 0 else threads.available_cores()
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -84,7 +85,7 @@ class ParallelLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        threads = None if "OMP_NUM_THREADS" in os.environ else max(1, _cpus() // self.n_jobs)
+        share = None if "OMP_NUM_THREADS" in os.environ else threads.share(self.n_jobs)
         for module in PRELOAD:
             importlib.import_module(module)
         log.info(f"Launching {len(job_overrides)} jobs, {self.n_jobs} at a time, each in its own process")
@@ -97,7 +98,7 @@ class ParallelLauncher(Launcher):
         try:
             while self.running or (pending and self.stop_signal is None):
                 while pending and len(self.running) < self.n_jobs and self.stop_signal is None:
-                    self._start(*pending.popleft(), threads, handlers)
+                    self._start(*pending.popleft(), share, handlers)
                 self._wait(results)
         finally:
             _set_handlers(handlers)
@@ -110,7 +111,7 @@ class ParallelLauncher(Launcher):
             raise SystemExit(128 + self.stop_signal)
         return [results[num] for num in sorted(results)]
 
-    def _start(self, num: int, overrides: Sequence[str], threads: int | None, handlers: dict) -> None:
+    def _start(self, num: int, overrides: Sequence[str], share: int | None, handlers: dict) -> None:
         assert self.hydra_context is not None and self.config is not None
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -120,7 +121,7 @@ class ParallelLauncher(Launcher):
         out_dir = Path(str(config.hydra.sweep.dir), str(OmegaConf.select(config, "hydra.sweep.subdir")))
         fork = multiprocessing.get_context("fork")
         conn, send = fork.Pipe(duplex=False)
-        child = (config, send, threads, handlers, Singleton.get_state())
+        child = (config, send, share, handlers, Singleton.get_state())
         process = fork.Process(target=self._child, args=child, name=f"job {num}")
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the child unblocks once it has its handlers
         try:
@@ -131,18 +132,16 @@ class ParallelLauncher(Launcher):
         send.close()  # the child holds the only write end: the pipe ends when the child does
 
     def _child(
-        self, config: DictConfig, send: Connection, threads: int | None, handlers: dict, state: Any
+        self, config: DictConfig, send: Connection, share: int | None, handlers: dict, state: Any
     ) -> None:
         _set_handlers(handlers)  # the process's own handlers (the job's), not the launcher's
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the launcher only, which forwards it once
         with contextlib.suppress(OSError, AttributeError):  # Linux: SIGTERM when the launcher dies
             ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        if threads is not None:
-            import torch
-
-            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-            torch.set_num_threads(threads)
+        if share is not None:  # the job's trainer.num_threads, if set, overrides it in the run's setup
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(share)
+            threads.use_threads(share)
         setup_globals()
         Singleton.set_state(state)
         HydraConfig.instance().set_config(config)
@@ -217,7 +216,3 @@ class ParallelLauncher(Launcher):
 def _set_handlers(handlers: dict[int, Any]) -> None:
     for signum, handler in handlers.items():
         signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

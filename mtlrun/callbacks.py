@@ -8,9 +8,12 @@ writes the sweep's comparison report (summary.csv, summary.md, report.html, plot
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mtlrun import resume, rundir, schema
-from mtlrun.errors import DataError, MtlrunError
+from mtlrun import ranks, resume, rundir, schema
+from mtlrun.errors import ConfigError, DataError, MtlrunError
 
 log = logging.getLogger("mtlrun")
 
@@ -63,7 +66,33 @@ def write_sweep_report(sweep_dir: Path, plots: bool = True) -> None:
 class RunFolders(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A single run: its config (or the resumed run's) is checked, then its folder claimed: a new one for
-        a new run, the run's own for a resume that continues in place."""
+        a new run, the run's own for a resume that continues in place. A data-parallel run (torchrun) is one
+        run: rank 0 checks and claims, the other ranks wait for it and write into scratch folders."""
+        rank, size = ranks.launched()
+        if size == 1:
+            self._claim(config)
+            return
+        from mtlrun.trainer import distributed  # torch: only under torchrun
+
+        distributed.init_process_group()
+        atexit.register(distributed.leave_process_group)
+        if rank == 0:
+            try:
+                self._claim(config)
+            except SystemExit:
+                distributed.broadcast_from_main(None)  # the other ranks stop too; rank 0 said why
+                raise
+            distributed.broadcast_from_main(config.hydra.run.dir)
+            return
+        if distributed.broadcast_from_main(None) is None:
+            raise SystemExit(1)
+        logging.getLogger("mtlrun").setLevel(logging.ERROR)  # rank 0 tells the run's story, once
+        scratch = tempfile.mkdtemp(prefix=f"mtlrun-rank{rank}-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        _set(config, "hydra.output_subdir", None)
+        _set(config, "hydra.run.dir", scratch)
+
+    def _claim(self, config: DictConfig) -> None:
         with _refused():
             HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves while checking
             run_dir = Path(config.hydra.run.dir)
@@ -88,6 +117,11 @@ class RunFolders(Callback):
         """A sweep: its folder is claimed (jobs then get fresh subfolders of it); each job's config is checked
         by the job."""
         with _refused():
+            if ranks.launched()[1] > 1:
+                raise ConfigError(
+                    "torchrun trains one run data-parallel; start sweeps (-m) with mtlrun alone, and give "
+                    "each job its devices through the launcher (see the docs on sweeps and multi-GPU runs)"
+                )
             sweep_dir = Path(config.hydra.sweep.dir)
             claimed = rundir.claim_new(
                 sweep_dir, numbered=_clock_named(config.hydra.sweep), key="hydra.sweep.dir"

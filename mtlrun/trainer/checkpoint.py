@@ -39,9 +39,10 @@ BEST_MODEL = "best_model.pt"
 class Checkpoints:
     """When and where checkpoints are written (``trainer.checkpoint*`` keys)."""
 
-    def __init__(self, folder: Path, trainer: DictConfig) -> None:
+    def __init__(self, folder: Path, trainer: DictConfig, enabled: bool = True) -> None:
+        """``enabled=False``: none at all (the ranks of a data-parallel run other than rank 0)."""
         self.folder = folder
-        self.enabled = trainer.checkpoint
+        self.enabled = trainer.checkpoint and enabled
         self.every = trainer.checkpoint_every
         minutes = trainer.checkpoint_minutes
         self.seconds = None if minutes is None else 60.0 * minutes

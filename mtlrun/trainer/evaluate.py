@@ -16,6 +16,7 @@ import torch
 from mtlrun.architecture.base import MTLModel
 from mtlrun.data.base import TensorData
 from mtlrun.tasks import Task
+from mtlrun.trainer.distributed import World
 
 
 @torch.no_grad()
@@ -27,9 +28,13 @@ def evaluate(
     batch_size: int,
     limit_batches: int | None = None,
     autocast: torch.autocast | None = None,
+    world: World | None = None,
 ) -> dict[str, dict[str, float]]:
     """Returns {task: {"loss": mean loss, metric: value, ...}} for ``split``, plus the model's
-    diagnostics of the pass (see ``MTLModel.diagnostics``)."""
+    diagnostics of the pass (see ``MTLModel.diagnostics``). Data-parallel (``world``), each rank evaluates
+    its rows of every batch; loss sums are added up across ranks and torchmetrics gathers its states in
+    ``compute()``; the model's diagnostics are rank 0's."""
+    world = world or World()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -38,7 +43,7 @@ def evaluate(
     }
     loss_sum = dict.fromkeys(tasks, 0.0)
     count = dict.fromkeys(tasks, 0.0)  # rows (or their summed weights) each task's loss is averaged over
-    for batch in islice(data.batches(split, batch_size), limit_batches):
+    for batch in world.shards(islice(data.batches(split, batch_size), limit_batches)):
         if autocast is not None:
             with autocast:
                 predictions = model(batch)
@@ -61,6 +66,8 @@ def evaluate(
             for metric in metrics[name].values():
                 metric.update(preds, labels)
     model.train(was_training)
+    sums = world.sum(torch.tensor([[loss_sum[t], count[t]] for t in tasks], dtype=torch.float64))
+    loss_sum, count = ({t: float(v) for t, v in zip(tasks, column, strict=True)} for column in sums.T)
     results = {}
     for name in tasks:
         if count[name] == 0:  # no labelled row in this pass: nothing to report

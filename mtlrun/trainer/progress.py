@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class EpochBar:
@@ -18,8 +22,9 @@ class EpochBar:
         self.console = console
 
     @contextlib.contextmanager
-    def epoch(self, label: str, total: int, completed: int) -> Iterator[Callable[[float], None]]:
-        """A bar for one epoch; yields ``advance(loss)``, to call after each step."""
+    def epoch(self, label: str, total: int, completed: int) -> Iterator[Callable[[Tensor], None]]:
+        """A bar for one epoch; yields ``advance(loss)``, to call after each step with the step's objective as
+        a tensor: it is read only when the bar is drawn (a few times a second), so a GPU never waits for it."""
         if not self.enabled:
             yield lambda loss: None
             return

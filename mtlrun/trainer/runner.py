@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mtlrun import rundir, schema, signals
+from mtlrun import ranks, rundir, schema, signals
 from mtlrun.errors import ConfigError
 from mtlrun.loggers import RunInfo, build_loggers
 from mtlrun.provenance import provenance
@@ -64,9 +64,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 def train_and_evaluate(cfg: DictConfig, source: Path | None, record: RunRecord) -> dict:
     """The recipe: record the start, build everything, restore a resumed run, train, record the end."""
     out_dir = record.folder
-    trackers = build_loggers(
-        cfg.logger, out_dir
-    )  # a tracker's missing package fails before anything is written
+    main = ranks.launched()[0] == 0  # only rank 0 of a data-parallel run writes the run's folder
+    # a tracker's missing package fails before anything is written
+    trackers = build_loggers(cfg.logger if main else {}, out_dir)
     in_place = source is not None and source.resolve() == out_dir.resolve()
     if not in_place:  # a new folder: its config and status come first, so even a kill now leaves them
         begin(cfg, record)
@@ -87,7 +87,7 @@ def train_and_evaluate(cfg: DictConfig, source: Path | None, record: RunRecord) 
     trackers.start(
         RunInfo.of(cfg, out_dir, resumed_from=source, resumed_at_step=state.step if source else None)
     )
-    checkpoints = Checkpoints(out_dir, cfg.trainer)
+    checkpoints = Checkpoints(out_dir, cfg.trainer, enabled=main)
     with MetricsWriter(out_dir / METRICS, also=trackers) as writer:
         train(cfg.trainer, s, state, writer, checkpoints, record)
     return finish(cfg.trainer, s, state, record)
@@ -139,9 +139,11 @@ def train(
     bar = EpochBar(trainer.progress)
 
     def between_steps() -> None:  # where a signal stops the run, and where time-based checkpoints go
-        if signals.received() or checkpoints.due_mid_epoch():
+        signum, due = s.world.agree(signals.received(), checkpoints.due_mid_epoch())
+        if signum or due:
+            s.finite.check()  # no checkpoint holds what a non-finite loss did to the weights
             checkpoints.write(s, state, writer)
-        stop_if_signalled()
+        stop_if_signalled(signum)
 
     s.model.train()
     for epoch in range(state.epoch + 1, trainer.epochs + 1):
@@ -150,10 +152,11 @@ def train(
         new_best = False
         if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
             new_best = evaluate_and_select(s, trainer, epoch, state, writer, rows)
-        if checkpoints.due_after_epoch(epoch, trainer.epochs, new_best) or signals.received():
+        signum, _ = s.world.agree(signals.received(), False)
+        if checkpoints.due_after_epoch(epoch, trainer.epochs, new_best) or signum:
             checkpoints.write(s, state, writer, new_best)
         record.progress(s, state)
-        stop_if_signalled()
+        stop_if_signalled(signum)
 
 
 def train_epoch(
@@ -179,7 +182,8 @@ def train_epoch(
             losses, objective = s.step(batch, where=(epoch, state.step))
             state.step += 1
             done.add(losses, s.weighting.last_weights)
-            advance(float(objective))
+            advance(objective)
+    s.finite.check()  # before the epoch's rows are written
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     mean_losses, mean_weights = done.means(s.steps_per_epoch)
@@ -203,7 +207,14 @@ def evaluate_and_select(
     """Evaluate on val and test, select on val only. Returns whether this epoch is the new selection."""
     val, test = (
         evaluate(
-            s.model, s.data, split, s.tasks, trainer.eval_batch_size, trainer.limit_eval_batches, s.autocast
+            s.model,
+            s.data,
+            split,
+            s.tasks,
+            trainer.eval_batch_size,
+            trainer.limit_eval_batches,
+            s.autocast,
+            s.world,
         )
         for split in ("val", "test")
     )
@@ -228,7 +239,7 @@ def evaluate_and_select(
 
 def finish(trainer: DictConfig, s: Setup, state: TrainState, record: RunRecord) -> dict:
     """Draw the run's curves, record it as completed, log the selected epoch's table."""
-    if trainer.plots:
+    if trainer.plots and s.world.is_main:
         _plot_curves(record.folder)
     record.complete(s, state)
     log.info(
@@ -243,8 +254,9 @@ def finish(trainer: DictConfig, s: Setup, state: TrainState, record: RunRecord) 
     return record.fields
 
 
-def stop_if_signalled() -> None:
-    if (signum := signals.received()) is not None:
+def stop_if_signalled(signum: int | None) -> None:
+    """Stop on the signal this process (or, data-parallel, any rank) received."""
+    if signum is not None:
         raise signals.Interrupted(signum)
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,8 +19,11 @@ from mtlrun.errors import ConfigError
 from mtlrun.instantiate import build, resolve_target
 from mtlrun.optim.groups import ParamGroup, build_param_groups, optimizer_param_groups
 from mtlrun.tasks import Task, build_tasks
+from mtlrun.threads import use_threads
 from mtlrun.trainer.backward import BackwardEngine
 from mtlrun.trainer.diagnostics import StepDiagnostics
+from mtlrun.trainer.distributed import World
+from mtlrun.trainer.finite import FiniteLosses
 from mtlrun.trainer.state import Monitor
 from mtlrun.trainer.step import train_step
 from mtlrun.weighting.base import Weighting
@@ -141,6 +144,23 @@ def setup_weighting(
     return weighting, warnings
 
 
+def compiled(model: MTLModel, weighting: Weighting) -> Callable:
+    """``trainer.compile``: the model's forward, compiled by torch.compile. One compiled forward makes the
+    shared representation and the heads' outputs siblings in the autograd graph, so gradients with respect to
+    the representation cannot be taken through it: that pairing is refused, never silently wrong."""
+    if weighting.needs_task_grads and weighting.grad_source == "representation":
+        raise ConfigError(
+            "trainer.compile=true with weighting.grad_source=representation: a compiled forward hides the "
+            "shared representation from autograd; use weighting.grad_source=shared_params, or trainer.compile=false"
+        )
+    # Gradient methods and gradient cosines take several backward passes through one graph (retain_graph),
+    # which a compiled backward allows only without donated buffers (a memory saving of one-pass training).
+    import torch._functorch.config
+
+    torch._functorch.config.donated_buffer = False
+    return torch.compile(model)
+
+
 @dataclass
 class Setup:
     """Everything the loop works with, built by `setup` from the config."""
@@ -157,11 +177,14 @@ class Setup:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     monitor: Monitor
     steps_per_epoch: int
+    batch_size: int  # trainer.batch_size: the global batch (a data-parallel run splits it across the ranks)
     shuffle: torch.Generator  # draws the order of training batches
     autocast: torch.autocast | None
     forward: Callable  # the model, or its torch.compile'd version
+    finite: FiniteLosses  # the record of non-finite losses (read at once on the CPU, every N steps on a GPU)
     warnings: list[str]  # what the run should know about its settings (logged, and kept in summary.json)
     grad_clip: float | None = None  # the maximum norm of all gradients together (trainer.grad_clip)
+    world: World = field(default_factory=World)  # the ranks of a data-parallel run (torchrun); one by default
 
     def learning_rates(self) -> dict[str, float]:
         """{"lr/<group>": the learning rate each parameter group has now} (schedules move them)."""
@@ -172,9 +195,16 @@ class Setup:
     def step(self, batch: dict, where: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on ``batch`` (``where``: epoch and step, for error messages); returns the [T]
         task losses and the scalar objective, detached."""
+        try:
+            return self._step(batch, where)
+        except Exception:
+            self.finite.check()  # a NaN loss steps earlier is the cause to name, not what it broke later
+            raise
+
+    def _step(self, batch: dict, where: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         return train_step(
             self.forward,
-            batch,
+            self.world.shard(batch),
             self.tasks,
             self.engine,
             self.optimizer,
@@ -182,20 +212,25 @@ class Setup:
             self.grad_clip,
             self.autocast,
             where=where,
+            world=self.world,
+            finite=self.finite,
         )
 
 
 def setup(cfg: DictConfig) -> Setup:
+    use_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     trainer = cfg.trainer
     device = resolve_device(trainer.device)
+    world = World.for_device(device)
+    device = world.device(device)
     tasks = build_tasks(OmegaConf.to_container(cfg.tasks, resolve=True))
     data = setup_data(cfg, tasks, device)
     tasks = fit_tasks(tasks, data)
     model = setup_model(cfg, tasks, data, device)
     weighting, warnings = setup_weighting(cfg, tasks, model, device)
     diagnostics = StepDiagnostics(list(tasks), trainer.grad_cosine_every)
-    engine = BackwardEngine(model, weighting, diagnostics, trainer.grad_cosine_for_loss_based)
+    engine = BackwardEngine(model, weighting, diagnostics, trainer.grad_cosine_for_loss_based, world)
     groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
     optimizer = setup_optimizer(cfg, groups)
     steps_per_epoch = min(
@@ -214,13 +249,16 @@ def setup(cfg: DictConfig) -> Setup:
         scheduler=setup_scheduler(cfg, optimizer, steps_per_epoch * trainer.epochs),
         monitor=Monitor.from_config(trainer.monitor, tasks),
         steps_per_epoch=steps_per_epoch,
+        batch_size=trainer.batch_size,
         shuffle=torch.Generator().manual_seed(cfg.seed),
         autocast=torch.autocast(device.type, dtype=torch.bfloat16)
         if trainer.precision.value == "bf16"
         else None,
-        forward=torch.compile(model) if trainer.compile else model,
+        forward=compiled(model, weighting) if trainer.compile else model,
         warnings=warnings,
         grad_clip=trainer.grad_clip,
+        world=world,
+        finite=FiniteLosses(tasks, device),
     )
 
 
@@ -228,6 +266,8 @@ def describe(s: Setup) -> dict:
     """The static part of summary.json: what was trained, on what, with which groups."""
     return {
         "device": str(s.device),
+        "world_size": s.world.size,
+        "batch_size": {"global": s.batch_size, "per_rank": -(-s.batch_size // s.world.size)},
         "data": {"name": s.data.name, "sizes": s.data.sizes()},
         "tasks": {
             name: {"kind": t.kind, "metrics": t.metrics}

@@ -2,40 +2,35 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from contextlib import nullcontext
 
 import torch
 
-from mtlrun.errors import TrainingError
 from mtlrun.tasks import Task
 from mtlrun.trainer.backward import BackwardEngine
+from mtlrun.trainer.distributed import World
+from mtlrun.trainer.finite import FiniteLosses
+
+
+def per_task_losses(
+    predictions: Mapping[str, torch.Tensor], batch: dict, tasks: Mapping[str, Task]
+) -> list[torch.Tensor]:
+    """The mean loss of each task on the batch, one float32 scalar per task: over labelled rows only and
+    weighted by the rows' sample weights when the batch carries ``mask`` / ``weight`` (0, with a zero
+    gradient, for a task with no labelled row). Each scalar's graph reaches only its own task's prediction."""
+    weight = batch.get("weight")
+    return [
+        task.loss_mean(predictions[name].float(), batch["y"][task.target], task.labelled(batch), weight)
+        for name, task in tasks.items()
+    ]
 
 
 def task_losses(
     predictions: Mapping[str, torch.Tensor], batch: dict, tasks: Mapping[str, Task]
 ) -> torch.Tensor:
-    """[T] mean loss of each task on the batch, in float32: over labelled rows only and weighted by the
-    rows' sample weights when the batch carries ``mask`` / ``weight`` (0 for a task with no labelled row)."""
-    weight = batch.get("weight")
-    return torch.stack(
-        [
-            task.loss_mean(predictions[name].float(), batch["y"][task.target], task.labelled(batch), weight)
-            for name, task in tasks.items()
-        ]
-    )
-
-
-def check_finite(losses: torch.Tensor, tasks: Mapping[str, Task], epoch: int, step: int) -> None:
-    if torch.isfinite(losses).all():
-        return
-    bad = [name for name, value in zip(tasks, losses.tolist(), strict=True) if not math.isfinite(value)]
-    raise TrainingError(
-        f"loss of task(s) {bad} is {losses[[list(tasks).index(b) for b in bad]].tolist()} at epoch {epoch}, step {step}; "
-        "lower the learning rate (optim.groups.*.lr), set trainer.grad_clip, or check the targets' scale. "
-        "Results up to the previous epoch are in metrics.csv."
-    )
+    """[T]: the `per_task_losses` stacked into one vector."""
+    return torch.stack(per_task_losses(predictions, batch, tasks))
 
 
 def train_step(
@@ -48,15 +43,25 @@ def train_step(
     grad_clip: float | None = None,
     autocast=None,
     where: tuple[int, int] = (0, 0),
+    world: World | None = None,
+    finite: FiniteLosses | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: forward, per-task losses, weighting, backward, clip, step.
-    Returns the [T] task losses and the scalar objective (both detached)."""
+    Returns the [T] task losses and the scalar objective (both detached).
+
+    ``world``: the ranks of a data-parallel run, ``batch`` being this rank's rows: the losses become the
+    whole batch's and the gradients are averaged across ranks (mtlrun/trainer/distributed.py).
+    ``finite``: where non-finite losses are recorded (by default: checked at once)."""
+    world = world or World()
+    finite = finite or FiniteLosses(tasks, torch.device("cpu"))
     with autocast or nullcontext():
         predictions = forward(batch)
-    losses = task_losses(predictions, batch, tasks)
-    check_finite(losses, tasks, *where)
+    per_task = world.global_losses(per_task_losses(predictions, batch, tasks), batch, tasks)
+    losses = torch.stack(per_task)
+    finite.observe(losses, *where)
     optimizer.zero_grad(set_to_none=True)
-    objective = engine.backward(losses)
+    objective = engine.backward(losses, per_task)
+    world.average_gradients([*engine.model.parameters(), *engine.weighting.parameters()])
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(engine.model.parameters(), grad_clip)
     optimizer.step()

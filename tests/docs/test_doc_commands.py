@@ -35,7 +35,11 @@ SHOWN_FENCES = ("sh",)
 # Pages whose commands are cheap (none trains: --cfg job, --help, mistakes that stop before training); the
 # fast tier runs them, the slow tier every other page with a command.
 FAST_PAGES = ("docs/config/index.md", "docs/config/optim.md")
-PROGRAMS = ("mtlrun", "python")  # what a documented command may start with (after VAR=value assignments)
+PROGRAMS = (
+    "mtlrun",
+    "python",
+    "torchrun",
+)  # what a documented command may start with (after VAR=value assignments)
 NOT_TRAINING = {
     "--help",
     "-h",
@@ -80,6 +84,8 @@ class Command:
     @property
     def trains(self) -> bool:
         argv = self.tokens[self._program_index() :]
+        if argv[0] == "torchrun" and "mtlrun" in argv:  # torchrun [its options] -m mtlrun [overrides]
+            argv = argv[argv.index("mtlrun") :]
         return (
             argv[0] == "mtlrun"
             and (len(argv) == 1 or argv[1] not in ("report", "predict"))

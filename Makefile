@@ -3,13 +3,15 @@ PYTHON        ?= python3
 VENV          ?= .venv
 TORCH_VERSION ?= 2.13.0# pinned: an unpinned torch pulls gigabytes of CUDA wheels; GPU users may change it
 ARGS          ?=# extra arguments for `make run`, e.g. make run ARGS="weighting=uncertainty"
+BENCH_ARGS    ?=# extra arguments for benchmarks/speed.py, e.g. make bench BENCH_ARGS="--save" or "--quick --only step"
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP  := $(VENV)/.installed-bench# the `bench` extra: TorchJD, which benchmarks/speed.py compares with
 EXTRAS_STAMP := $(VENV)/.installed-extras# the Hydra plugins (extras sweep, slurm), so tests check their presets, the docs tools (extra docs) and the trackers (extras tensorboard, mlflow)
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-extras run test test-all test-gpu lint format bench docs docs-serve clean
+.PHONY: help install install-extras run test test-all test-gpu lint format bench gpu-check docs docs-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -49,10 +51,17 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
 	$(BIN)/ruff format mtlrun hydra_plugins tests benchmarks scripts docs/hooks.py
 
-bench: $(EXTRAS_STAMP) ## speed benchmarks: ratios measured side by side (see benchmarks/)
-	$(BIN)/python benchmarks/step_time.py
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(EXTRAS_STAMP) $(BENCH_STAMP) ## speed benchmarks, ratios measured side by side (benchmarks/speed.py; BENCH_ARGS="--save" records them)
+	$(BIN)/python benchmarks/speed.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/tabular_load.py
 	$(BIN)/python benchmarks/logging_cost.py
+
+gpu-check: ## on a machine with an NVIDIA GPU: install, GPU tests and GPU benchmarks, all output under $OUT (scripts/gpu_check.sh)
+	bash scripts/gpu_check.sh
 
 docs: $(EXTRAS_STAMP) ## build the documentation site into build/site/ (mkdocs build --strict: any warning fails)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

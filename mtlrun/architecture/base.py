@@ -54,6 +54,12 @@ class MTLModel(nn.Module):
     def parameter_roles(self) -> dict[str, ParamRole]:
         raise NotImplementedError
 
+    def representation_views(self) -> dict[str, Tensor]:
+        """Each task's own view of `shared_representation` in the last forward pass, where each task's loss
+        reaches the representation only through its view (then one backward pass gives all T per-task
+        gradients with respect to it); {} where that does not hold."""
+        return {}
+
     def penalty(self) -> Tensor | None:
         """Regularisation term of the last forward pass, added to the training objective; None if none."""
         return None

@@ -38,5 +38,8 @@ class HardSharing(MTLModel):
         self.shared_representation = self.trunk(batch["x"])
         return self.heads(self.shared_representation)
 
+    def representation_views(self) -> dict[str, Tensor]:
+        return self.heads.views if self.heads.separable else {}
+
     def parameter_roles(self) -> dict[str, ParamRole]:
         return self.roles_by_prefix({"trunk": ParamRole("trunk")} | self.heads.roles("heads"))

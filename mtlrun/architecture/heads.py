@@ -77,6 +77,8 @@ class TaskHeads(nn.Module):
         self.order = topological_order(self.tasks)
         specs = resolve_head_specs(heads_cfg, self.tasks)
         self.heads = nn.ModuleDict()
+        # each head's own view of a shared feature tensor in the last forward (see `separable`)
+        self.views: dict[str, Tensor] = {}
         for name, task in self.tasks.items():
             extra = sum(self.tasks[src].feature_dim for src in task.inputs_from)
             spec = specs[name]
@@ -89,12 +91,22 @@ class TaskHeads(nn.Module):
         at attribute path `prefix`: every head is part `head`, owned by its task."""
         return {f"{prefix}.heads.{t}": ParamRole("head", t) for t in self.tasks}
 
+    @property
+    def separable(self) -> bool:
+        """Whether each task's loss reaches the features only through its own head's view of them: no task
+        reads another's estimate without a stop-gradient. Then one backward pass of the summed losses gives
+        each task's gradient with respect to the features, as the gradient of its view (`views`)."""
+        return not any(task.inputs_from and not task.detach for task in self.tasks.values())
+
     def forward(self, features: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """`features`: one tensor all heads read, or a per-task dict (designs with task columns)."""
+        """`features`: one tensor all heads read, or a per-task dict (designs with task columns). Each head
+        reads a tensor of features through a view of its own (`views`), which costs nothing."""
         out: dict[str, Tensor] = {}
+        shared = not isinstance(features, Mapping)
+        self.views = {name: features.view_as(features) for name in self.tasks} if shared else {}
         for name in self.order:
             task = self.tasks[name]
-            h = features[name] if isinstance(features, Mapping) else features
+            h = self.views[name] if shared else features[name]
             if task.inputs_from:
                 estimates = [self.tasks[src].estimate(out[src]) for src in task.inputs_from]
                 if task.detach:

@@ -10,8 +10,10 @@ itself), never back through the stack into the other heads:
 * ``grad_source=shared_params``: row t = ∂L_t/∂θ over the shared parameters θ, flattened; T passes through
   the trunk (the graph is kept until the last). The method's direction d is written into θ's ``.grad``.
 * ``grad_source=representation``: row t = ∂L_t/∂z over the shared representation z (the trunk's output);
-  T passes through the heads only. The direction d over z is then backpropagated once through the trunk:
-  θ's ``.grad`` = (∂z/∂θ)ᵀ d (MGDA-UB's trick).
+  T passes through the heads only; or one, where each head reads z through a view of its own and no task
+  reads another's estimate without a stop-gradient (`MTLModel.representation_views`: hard sharing): the
+  gradient of Σ_t L_t with respect to task t's view is row t (`gradients_through_views`). The direction d
+  over z is then backpropagated once through the trunk: θ's ``.grad`` = (∂z/∂θ)ᵀ d (MGDA-UB's trick).
 
 Each pass writes its row straight into one preallocated [T, P] tensor. Task-owned parameters (the heads) ride
 along in the same T passes: task t's pass returns ∂L_t/∂φ for every head φ its loss reaches, which is added
@@ -62,8 +64,7 @@ def per_task_gradients(
     """
     inputs, owned = list(inputs), list(owned)
     sizes = [x.numel() for x in inputs]
-    dtype = functools.reduce(torch.promote_types, [x.dtype for x in inputs])
-    rows = torch.empty(len(losses), sum(sizes), dtype=dtype, device=inputs[0].device)
+    rows = _rows(len(losses), inputs)
     targets = [*inputs, *owned]
     seen: set[int] = set()  # buffers handed to a ``.grad`` in this call
     for t, loss in enumerate(losses):
@@ -77,18 +78,55 @@ def per_task_gradients(
                 part.zero_()
             else:
                 part.view_as(g).copy_(g)
-        for p, g in zip(owned, grads[len(inputs) :], strict=True):
-            if g is None:
-                continue
-            if p.grad is not None:
-                p.grad.add_(g)
-                continue
-            # autograd may hand one buffer to several parameters (or an expanded view): keep a copy then, so
-            # that adding to one parameter's .grad later never changes another's
-            fresh = g.is_contiguous() and g.data_ptr() not in seen
-            p.grad = g if fresh else g.clone(memory_format=torch.contiguous_format)
-            seen.add(g.data_ptr())
+        _add_to_grads(owned, grads[len(inputs) :], seen)
     return rows
+
+
+def gradients_through_views(
+    losses: Sequence[Tensor], views: Sequence[Tensor], owned: Sequence[torch.nn.Parameter] = ()
+) -> Tensor:
+    """[T, P]: row t is the gradient of ``losses[t]`` with respect to the shared representation, where task t's
+    loss reaches the representation only through its own view ``views[t]`` of it. Then the gradient of the
+    summed losses with respect to view t is row t, so ONE backward pass gives all T rows (the T passes of
+    `per_task_gradients` each repeat autograd's fixed cost). ``owned`` parameters ride along as there. The
+    graph is kept: the direction is backpropagated through the trunk afterwards."""
+    views, owned = list(views), list(owned)
+    rows = _rows(len(views), views[:1])
+    reaching = [loss for loss in losses if loss.requires_grad]
+    if not reaching:
+        return rows.zero_()
+    grads = torch.autograd.grad(sum(reaching), [*views, *owned], retain_graph=True, allow_unused=True)
+    for row, g in zip(rows, grads[: len(views)], strict=True):
+        if g is None:
+            row.zero_()
+        else:
+            row.view_as(g).copy_(g)
+    _add_to_grads(owned, grads[len(views) :], set())
+    return rows
+
+
+def _rows(count: int, inputs: Sequence[Tensor]) -> Tensor:
+    """An uninitialised [count, P] matrix for gradients over ``inputs``, at least float32 (the methods' solvers
+    run in float32 even when the forward ran in bf16)."""
+    dtype = functools.reduce(torch.promote_types, [x.dtype for x in inputs], torch.float32)
+    return torch.empty(count, sum(x.numel() for x in inputs), dtype=dtype, device=inputs[0].device)
+
+
+def _add_to_grads(
+    params: Sequence[torch.nn.Parameter], grads: Sequence[Tensor | None], seen: set[int]
+) -> None:
+    """Add each gradient to its parameter's ``.grad`` in place (None: the loss did not reach it)."""
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        if p.grad is not None:
+            p.grad.add_(g)
+            continue
+        # autograd may hand one buffer to several parameters (or an expanded view): keep a copy then, so that
+        # adding to one parameter's .grad later never changes another's
+        fresh = g.is_contiguous() and g.data_ptr() not in seen
+        p.grad = g if fresh else g.clone(memory_format=torch.contiguous_format)
+        seen.add(g.data_ptr())
 
 
 def add_flat_grad(direction: Tensor, params: list[torch.nn.Parameter]) -> None:
@@ -159,8 +197,12 @@ class BackwardEngine:
 
         by_representation = self.source == "representation"
         rep = self.model.shared_representation
-        inputs = [rep] if by_representation else self.shared
-        grads = per_task_gradients(per_task, inputs, self.owned, retain_graph=by_representation)  # [T, P]
+        views = self.model.representation_views() if by_representation else {}
+        if views:  # one pass for the T rows
+            grads = gradients_through_views(per_task, [views[t] for t in w.task_names], self.owned)
+        else:
+            inputs = [rep] if by_representation else self.shared
+            grads = per_task_gradients(per_task, inputs, self.owned, retain_graph=by_representation)  # [T, P]
         if by_representation:  # data-parallel: the whole batch's rows (mtlrun/trainer/distributed.py)
             grads, mine, scale = self.world.gather_rows(grads, rep.shape[0])
         else:
@@ -171,7 +213,7 @@ class BackwardEngine:
             torch.autograd.backward(rep, own_part.to(rep.dtype), inputs=self.shared)
         else:
             add_flat_grad(direction, self.shared)
-        self.backward_passes += len(per_task) + by_representation
+        self.backward_passes += (1 if views else len(per_task)) + by_representation
         if sample_cosine:
             self.diagnostics.record_cosines(grads)
         return losses.sum().detach()

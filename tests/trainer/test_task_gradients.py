@@ -172,3 +172,28 @@ def test_gradnorm_from_the_per_task_scalars_equals_gradnorm_from_the_stacked_los
     assert torch.equal(results[0][0], results[1][0])
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-6)
     assert results[0][1][2] == 0.0  # task c: no labelled row, a zero gradient norm
+
+
+# b reads a's estimate through a stop-gradient: every task's loss reaches the representation only through its
+# own head's view of it, so one backward pass gives every row
+SEPARABLE = TASKS | {"b": Task(name="b", kind="regression", target="b", inputs_from=("a",))}
+
+
+@pytest.mark.parametrize("tasks,passes", [(SEPARABLE, 1), (TASKS, len(TASKS))], ids=["separable", "not"])
+def test_one_pass_through_the_views_gives_the_naive_rows_where_the_heads_are_separable(tasks, passes):
+    batch = make_batch()
+    torch.manual_seed(0)
+    model = HardSharing(lambda: MLPEncoder((IN_DIM,), [12, 8]), tasks, {"hidden": [5]})
+    losses = per_task_losses(model(batch), batch, tasks)
+    expected_rows = naive_rows(losses, [model.shared_representation])
+    expected_heads = torch.autograd.grad(sum(losses), model.heads.parameters(), retain_graph=True)
+    assert bool(model.representation_views()) == (passes == 1)
+
+    engine = BackwardEngine(model, Recording(tasks, grad_source="representation"))
+    engine.backward(torch.stack(losses), losses)
+
+    assert torch.allclose(engine.weighting.seen, expected_rows, rtol=1e-6, atol=1e-8)
+    assert not engine.weighting.seen[list(tasks).index("c")].any()  # the task without labels: a zero row
+    for p, g in zip(model.heads.parameters(), expected_heads, strict=True):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-7)
+    assert engine.backward_passes == passes + 1  # the rows, then the direction through the trunk

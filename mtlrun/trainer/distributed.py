@@ -125,11 +125,12 @@ class World:
         share, value = local * self.size / safe, weighted / safe
         return [loss * share[t] + (value[t] - loss.detach() * share[t]) for t, loss in enumerate(losses)]
 
-    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
-        """Replace every ``.grad`` by its mean over the ranks (one collective for all of them)."""
+    def average_gradients(self, *modules: torch.nn.Module) -> None:
+        """Replace the ``.grad`` of every parameter of ``modules`` by its mean over the ranks (one collective
+        for all of them)."""
         if not self.distributed:
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [p.grad for module in modules for p in module.parameters() if p.grad is not None]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])

@@ -27,9 +27,10 @@ CHECK_EVERY_ON_GPU = 50  # steps between host reads of the record on a GPU
 class FiniteLosses:
     """The record of the first step with a non-finite task loss; `check` raises it."""
 
-    def __init__(self, tasks: Sequence[str], device: torch.device) -> None:
+    def __init__(self, tasks: Sequence[str], device: torch.device, every: int | None = None) -> None:
+        """``every``: steps between reads (default: 1 on the CPU, CHECK_EVERY_ON_GPU elsewhere)."""
         self.tasks = list(tasks)
-        self.every = 1 if device.type == "cpu" else CHECK_EVERY_ON_GPU
+        self.every = every or (1 if device.type == "cpu" else CHECK_EVERY_ON_GPU)
         self.epoch = torch.tensor(-1, device=device)  # of the first non-finite losses (-1: none yet)
         self.step = torch.tensor(-1, device=device)
         self.losses = torch.zeros(len(self.tasks), device=device)
@@ -37,6 +38,11 @@ class FiniteLosses:
 
     def observe(self, losses: Tensor, epoch: int, step: int) -> None:
         """Record ``losses`` of (``epoch``, ``step``) if they are the first non-finite ones; check when due."""
+        if self.every == 1:  # on the CPU: one reduction, read at once
+            if not bool(torch.isfinite(losses).all()):
+                self.epoch, self.step, self.losses = torch.tensor(epoch), torch.tensor(step), losses.detach()
+                self.check()
+            return
         first = ~torch.isfinite(losses).all() & (self.step < 0)
         # python numbers enter the kernels as scalars: no host-to-device copy, so no wait
         self.epoch = torch.where(first, epoch, self.epoch)

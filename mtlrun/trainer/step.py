@@ -61,7 +61,7 @@ def train_step(
     finite.observe(losses, *where)
     optimizer.zero_grad(set_to_none=True)
     objective = engine.backward(losses, per_task)
-    world.average_gradients([*engine.model.parameters(), *engine.weighting.parameters()])
+    world.average_gradients(engine.model, engine.weighting)
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(engine.model.parameters(), grad_clip)
     optimizer.step()

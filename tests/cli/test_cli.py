@@ -249,7 +249,7 @@ def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> No
         summary = json.loads((tmp_path / str(job) / "summary.json").read_text())
         assert summary["status"] == "completed", (option, summary.get("error"))
         assert summary["weighting"]["grad_source"] == "representation"
-        assert summary["backward_passes_per_step"] == 3 + 1  # T to the representation (heads too), trunk
+        assert summary["backward_passes_per_step"] == 1 + 1  # to the representation through the heads, trunk
         table = pd.read_csv(tmp_path / str(job) / "metrics.csv")
         cosines = table[table.metric == "grad_cosine"]
         assert set(cosines.task) == {"left~right", "left~sum", "right~sum"}, option

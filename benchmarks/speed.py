@@ -222,22 +222,14 @@ class Built:
     passes: Callable[[], float] = lambda: 1.0  # backward passes per step so far
 
 
-def mtlrun_step(
-    num_tasks: int,
-    option: str = "equal",
-    source: str | None = None,
-    device: str = "cpu",
-    precision: str = "fp32",
-    compile: bool = False,
-    batch: int = BATCH,
-) -> Built:
-    """One training step of mtlrun as the runner takes it: `setup(cfg)`, then `Setup.step` on a batch of the
-    device-resident data."""
+def mtlrun_step(*config, **settings) -> Built:
+    """One training step of mtlrun as the runner takes it: `setup(cfg)` of ``compose_config(*config,
+    **settings)``, then `Setup.step` on a batch of the device-resident data."""
     from mtlrun.trainer.setup import setup
 
-    s = setup(compose_config(num_tasks, option, source, device, precision, compile, batch))
+    s = setup(compose_config(*config, **settings))
     s.model.train()
-    fixed = next(s.data.batches("train", batch))
+    fixed = next(s.data.batches("train", s.batch_size))
     counter = itertools.count()
 
     def step() -> None:

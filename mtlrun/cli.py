@@ -118,6 +118,7 @@ def compose_error(err: BaseException) -> str | None:
 SUBCOMMANDS = {
     "report": "mtlrun.report.cli",  # mtlrun report PATH... : comparison tables and plots of runs and sweeps
     "predict": "mtlrun.predict",  # mtlrun predict run=PATH data.path=FILE : a trained run's predictions
+    "groups": "mtlrun.grouping",  # mtlrun groups RUN [--max-groups K] : task groups from a run's task affinity
 }
 
 

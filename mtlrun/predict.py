@@ -14,6 +14,9 @@ The table goes to a new file: ``out`` (or the default) must not exist yet, and i
 * multiclass: ``<task>``, the most probable label (original labels), then ``<task>_p_<label>`` per class;
 * multilabel: ``<task>_p_<label column>`` per label column (``<task>_p_<i>`` without column names).
 
+Auxiliary tasks (``auxiliary: true``, mtlrun/auxiliary.py) are helpers, not results: they get no columns.
+Then the model's extra estimates (``MTLModel.extra_estimates``), one column each: ESMM's ``<task>_cvr``.
+
 torch and pandas are imported when predicting, so ``mtlrun predict --help`` answers at once.
 """
 
@@ -178,6 +181,12 @@ def run_status(run_dir: Path) -> str | None:
     return (rundir.read_summary(run_dir) or {}).get("status")
 
 
+def fitted_outputs(run_dir: Path) -> dict[str, int]:
+    """{task: head width} of the run's reconstruction tasks (mtlrun/auxiliary.py), from its summary.json."""
+    described = (rundir.read_summary(run_dir) or {}).get("tasks") or {}
+    return {name: int(t["outputs"]) for name, t in described.items() if "outputs" in t}
+
+
 def fitted_pos_weights(run_dir: Path) -> dict[str, float]:
     """{task: pos_weight} as the run fitted it (``pos_weight: auto``), from its summary.json."""
     described = (rundir.read_summary(run_dir) or {}).get("tasks") or {}
@@ -185,7 +194,11 @@ def fitted_pos_weights(run_dir: Path) -> dict[str, float]:
 
 
 def rebuild_model(
-    cfg: DictConfig, new: NewInput, device: torch.device, pos_weights: Mapping[str, float]
+    cfg: DictConfig,
+    new: NewInput,
+    device: torch.device,
+    pos_weights: Mapping[str, float],
+    outputs: Mapping[str, int] | None = None,
 ) -> tuple[MTLModel, dict[str, Task]]:
     """The tasks and the (untrained) model of the run's config, built as the runner builds them, with the
     data set's fitted task settings (classes, target scales) taken from ``new`` instead of training data,
@@ -206,6 +219,8 @@ def rebuild_model(
                     "value; train the run again with this version of mtlrun"
                 )
             task = task.with_fitted(pos_weight=float(pos_weights[name]))
+        if name in (outputs or {}):  # a reconstruction's head width, as trained
+            task = task.with_fitted(outputs=outputs[name])
         tasks[name] = task
     return setup_model(cfg, tasks, new, device), tasks
 
@@ -240,7 +255,8 @@ def estimates(
     model: MTLModel, tasks: Mapping[str, Task], x: torch.Tensor, batch_size: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """{task: estimate [N, C]} on the CPU: probabilities for classifiers, values (as trained) for
-    regression (``Task.estimate``), in eval mode, without gradients, ``batch_size`` rows at a time."""
+    regression (``Task.estimate``), in eval mode, without gradients, ``batch_size`` rows at a time; then
+    {column: [N, 1]} of the model's extra estimates (``MTLModel.extra_estimates``)."""
     import torch
 
     model.eval()
@@ -250,6 +266,8 @@ def estimates(
             outputs = model({"x": x[start : start + batch_size].to(device)})
             for name, task in tasks.items():
                 parts[name].append(task.estimate(outputs[name].float()).cpu())
+            for column, values in model.extra_estimates().items():  # e.g. ESMM's pCVR
+                parts.setdefault(column, []).append(values.float().reshape(-1, 1).cpu())
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
@@ -276,12 +294,14 @@ def task_columns(task: Task, estimate: np.ndarray) -> dict[str, np.ndarray]:
 def prediction_table(
     tasks: Mapping[str, Task], task_estimates: Mapping[str, np.ndarray], kept: pd.DataFrame
 ) -> pd.DataFrame:
-    """The kept columns, then every task's columns; a kept column named like a prediction is an error."""
+    """The kept columns, then every task's columns, then the extra estimates' (the entries of
+    ``task_estimates`` that are no task); a kept column named like a prediction is an error."""
     import pandas as pd
 
     columns: dict[str, np.ndarray] = {}
     for name, task in tasks.items():
         columns |= task_columns(task, task_estimates[name])
+    columns |= {name: values[:, 0] for name, values in task_estimates.items() if name not in tasks}
     clash = [c for c in kept.columns if c in columns]
     if clash:
         raise ConfigError(
@@ -366,7 +386,10 @@ def predict(options: Options) -> tuple[pd.DataFrame, Path]:
     if len(new) == 0:
         raise DataError(f"data.path={options.path}: no rows to predict on; give a file with rows")
     device = resolve_device(options.device, key="device")
-    model, tasks = rebuild_model(cfg, new, device, fitted_pos_weights(options.run))
+    model, tasks = rebuild_model(
+        cfg, new, device, fitted_pos_weights(options.run), fitted_outputs(options.run)
+    )
+    tasks = {name: task for name, task in tasks.items() if not task.auxiliary}  # helpers are no result
     load_weights(model, weights)
     found = estimates(model, tasks, new.x, options.batch_size, device)
     table = prediction_table(tasks, {k: v.numpy() for k, v in found.items()}, new.columns[options.keep])

@@ -57,6 +57,11 @@ class ObjectiveMetric(str, Enum):
     delta_m = "delta_m"
 
 
+class AffinityUpdate(str, Enum):  # the lookahead step of trainer.affinity_every (mtlrun/trainer/affinity.py)
+    optimizer = "optimizer"
+    sgd = "sgd"
+
+
 @dataclass
 class TaskConfig:
     kind: TaskKind = TaskKind.regression
@@ -70,6 +75,9 @@ class TaskConfig:
     classes: Optional[List[Any]] = None  # binary/multiclass, data=tabular: the labels, in index order
     pos_weight: Any = None  # binary: BCE weight of positive rows, a number or "auto" (n_neg/n_pos of train)
     standardize: bool = False  # regression, data=tabular: train standardised, metrics in original units
+    auxiliary: bool = False  # trained, but out of selection on `loss` and of reports (auxiliary.py)
+    generate: Optional[Dict[str, Any]] = None  # a generated target: {from: input|feature|bins|groups, ...}
+    reverse_gradient: Optional[Dict[str, Any]] = None  # adversarial head: {strength, schedule, ...}
 
 
 # The schema owns the types and ranges; the YAML files own the defaults (conf/trainer/default.yaml,
@@ -87,6 +95,8 @@ class TrainerConfig:
     grad_clip: Optional[float] = ranged(gt=0, null="no clipping")
     grad_cosine_every: int = ranged(ge=0)
     grad_cosine_for_loss_based: bool = MISSING
+    affinity_every: int = ranged(ge=0)
+    affinity_update: AffinityUpdate = MISSING
     monitor: str = MISSING
     select: Select = MISSING
     eval_every: int = ranged(ge=1)
@@ -120,6 +130,7 @@ class MtlrunConfig:
     data: Any = None
     encoder: Any = None
     architecture: Any = None
+    regularizer: Any = None  # null, or a penalty over task layers (conf/regularizer/, mtlrun/regularizer/)
     weighting: Any = None
     tasks: Dict[str, Any] = field(default_factory=dict)  # each checked against TaskConfig by validate()
     heads: Dict[str, Any] = field(default_factory=dict)

@@ -43,14 +43,15 @@ def _torchmetrics() -> ModuleType:
 KINDS = ("regression", "binary", "multiclass", "multilabel")
 
 # Loss functions by kind (torch.nn.functional losses); the first is the kind's default. A sample's loss is
-# summed over its outputs for regression and binary tasks, averaged over labels for multilabel tasks.
+# averaged over its outputs for regression tasks (one, or D for a reconstruction: mtlrun/auxiliary.py) and over
+# labels for multilabel tasks; binary tasks have one output.
 LOSSES: dict[str, dict[str, Callable[..., Tensor]]] = {
     "regression": {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss},
     "binary": {"bce": F.binary_cross_entropy_with_logits},
     "multiclass": {"cross_entropy": F.cross_entropy},
     "multilabel": {"bce": F.binary_cross_entropy_with_logits},
 }
-OUTPUT_REDUCTION = {"regression": "sum", "binary": "sum", "multiclass": "none", "multilabel": "mean"}
+OUTPUT_REDUCTION = {"regression": "mean", "binary": "sum", "multiclass": "none", "multilabel": "mean"}
 
 # Metrics by kind; the defaults are listed in DEFAULT_METRICS. Each entry builds a torchmetrics Metric
 # from the task's number of classes.
@@ -125,6 +126,7 @@ class Fitted:
     target_scale: tuple[float, float] | None = (
         None  # regression: (mean, std) the target was standardised with
     )
+    outputs: int | None = None  # regression: the head's outputs where not 1 (a reconstruction's D)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,9 @@ class Task:
     classes: tuple | None = None  # binary/multiclass: the labels as declared, in index order
     pos_weight: float | str | None = None  # binary: BCE weight of positive rows, or "auto" (fitted)
     standardize: bool = False  # regression: the data set standardises the target (data=tabular)
+    auxiliary: bool = False  # trained, but out of selection on `loss` and of reports (auxiliary.py)
+    generate: dict | None = field(default=None, hash=False)  # where a generated target comes from
+    reverse_gradient: dict | None = field(default=None, hash=False)  # adversarial: the head's reversal
     fitted: Fitted = field(default_factory=Fitted)
 
     def _set(self, **values: object) -> None:
@@ -283,7 +288,9 @@ class Task:
     @property
     def out_dim(self) -> int:
         """Width of the head's output layer."""
-        return self.num_classes if self.kind in ("multiclass", "multilabel") else 1
+        if self.kind in ("multiclass", "multilabel"):
+            return self.num_classes
+        return self.fitted.outputs or 1
 
     @property
     def feature_dim(self) -> int:
@@ -417,9 +424,11 @@ def build_tasks(tasks_cfg: Mapping[str, Mapping]) -> dict[str, Task]:
     """Build the tasks from the ``tasks`` config node and check their ``inputs_from`` graph."""
     if not tasks_cfg:
         raise ConfigError("tasks: no tasks declared; the data config must declare at least one task")
+    from mtlrun import auxiliary
+
     tasks = {}
     for name, spec in tasks_cfg.items():
-        spec = dict(spec)
+        spec = auxiliary.complete_spec(name, dict(spec))  # what `generate` fixes: kind, num_classes, target
         kind = spec.pop("kind")
         tasks[name] = Task(
             name=name,
@@ -434,10 +443,14 @@ def build_tasks(tasks_cfg: Mapping[str, Mapping]) -> dict[str, Task]:
             classes=spec.pop("classes", None),
             pos_weight=spec.pop("pos_weight", None),
             standardize=bool(spec.pop("standardize", False)),
+            auxiliary=bool(spec.pop("auxiliary", False)),
+            generate=spec.pop("generate", None),
+            reverse_gradient=spec.pop("reverse_gradient", None),
         )
         if spec:
             raise ConfigError(f"tasks.{name}: unknown keys {sorted(spec)}")
     topological_order(tasks)
+    auxiliary.check_flags(tasks)
     return tasks
 
 

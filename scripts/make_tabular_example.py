@@ -10,6 +10,9 @@ to learn) with a fixed seed:
 * ``click`` (binary, about 20 % positive): more likely when the item's category matches the user's
   interest, for better items, high in the feed, in the evening, on phones;
 * ``purchase`` (binary): known only for clicked rows (empty otherwise), less likely for expensive items;
+* ``conversion`` (binary): click and purchase, over every impression (0 without a click): the label a
+  model of the whole impression space (``architecture=esmm``) trains its click-and-buy estimate on. It is
+  derived from the two columns above, drawing nothing, so every other column is what it was without it;
 * ``dwell_seconds`` (regression, seconds, a scale unlike the other targets): longer after a click and for
   long-read categories; a few values are missing (logging gaps);
 * ``reaction`` (multiclass, text labels): none, like, share or hide.
@@ -106,6 +109,7 @@ def targets(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
         {
             "click": click.astype(int),
             "purchase": pd.array(purchase, dtype="Int64"),
+            "conversion": (click & (purchase == 1)).astype(int),
             "dwell_seconds": dwell,
             "reaction": np.array(REACTIONS)[reaction],
         }

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch.nn as nn
 from torch import Tensor
@@ -67,6 +67,36 @@ class MTLModel(nn.Module):
     def diagnostics(self) -> dict[str, dict[str, float]]:
         """Statistics gathered since the last call during evaluation forwards (then reset)."""
         return {}
+
+    @classmethod
+    def check_tasks(cls, tasks: Mapping[str, Task], options: Mapping, batch: Mapping | None = None) -> None:
+        """Raise a ConfigError where the design cannot serve these tasks with its config keys `options` (e.g.
+        ESMM needs two binary tasks); with a training `batch`, also where its labels do not suit the design.
+        Any tasks are fine here. A design that overrides it calls it when built and on its first training
+        batch; the contract tests expect a ConfigError exactly where it raises one."""
+
+    def extra_estimates(self) -> dict[str, Tensor]:
+        """Estimates of the last forward pass besides the tasks' own ({column name: [N]}, e.g. ESMM's pCVR);
+        `mtlrun predict` writes each as a column after the tasks' columns. None here."""
+        return {}
+
+    def fit_structure(self, data: Any, seed: int) -> None:
+        """Fit the model's shape to the data before the run's optimizer is built (`setup_model` calls it once
+        the model is on its device): a design that grows itself (adaptive_branching) trains briefly on
+        `data`'s training split and rebuilds its modules here. The result must depend only on `data`,
+        `seed` and the config, so a resumed run rebuilds the shape its checkpoint holds. `data` has no
+        `splits` when predicting (`NewInput`); the shape then comes from the saved weights. No-op here."""
+
+    def artifacts(self) -> dict[str, str]:
+        """Files describing the model to write into the run folder after setup ({file name: text}), e.g.
+        a grown structure; none here."""
+        return {}
+
+    def task_layers(self) -> list[dict[str, nn.Linear]]:
+        """Groups of task-specific layers a regulariser may couple (mtlrun/regularizer/), by depth: each group
+        maps every task to one nn.Linear. By default the heads' Linear layers (`TaskHeads.linear_layers`)."""
+        heads = getattr(self, "heads", None)
+        return heads.linear_layers() if heads is not None else []
 
     def roles_by_prefix(self, prefixes: Mapping[str, ParamRole]) -> dict[str, ParamRole]:
         """Assign each named parameter the role of the longest prefix that matches its name."""

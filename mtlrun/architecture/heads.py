@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from mtlrun.architecture.base import ParamRole
+from mtlrun.auxiliary import GradientReversal
 from mtlrun.encoder.layers import mlp
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import Task, topological_order
@@ -71,7 +72,11 @@ def resolve_head_specs(heads_cfg: Mapping, tasks: Mapping[str, Task]) -> dict[st
 class TaskHeads(nn.Module):
     """The heads of all tasks; `forward(features)` returns each task's raw prediction."""
 
-    def __init__(self, in_dim: int, tasks: Mapping[str, Task], heads_cfg: Mapping) -> None:
+    def __init__(
+        self, in_dim: int | Mapping[str, int], tasks: Mapping[str, Task], heads_cfg: Mapping
+    ) -> None:
+        """`in_dim`: the width of the features every head reads, or each task's own (designs whose heads read
+        different tensors)."""
         super().__init__()
         self.tasks = dict(tasks)
         self.order = topological_order(self.tasks)
@@ -82,9 +87,21 @@ class TaskHeads(nn.Module):
         for name, task in self.tasks.items():
             extra = sum(self.tasks[src].feature_dim for src in task.inputs_from)
             spec = specs[name]
+            width = in_dim[name] if isinstance(in_dim, Mapping) else in_dim
             self.heads[name] = mlp(
-                in_dim + extra, list(spec.hidden), spec.activation, spec.dropout, task.out_dim
+                width + extra, list(spec.hidden), spec.activation, spec.dropout, task.out_dim
             )
+        # adversarial tasks (`reverse_gradient`) read the features through a gradient-reversal layer, after
+        # their view: a view's gradient is then the reversed one the trunk receives (mtlrun/auxiliary.py)
+        self.reversal = nn.ModuleDict(
+            {name: GradientReversal.of(t) for name, t in self.tasks.items() if t.reverse_gradient is not None}
+        )
+
+    def linear_layers(self) -> list[dict[str, nn.Linear]]:
+        """Entry k maps every task to its head's k-th nn.Linear (as deep as the shallowest head)."""
+        per_task = {t: [m for m in head if isinstance(m, nn.Linear)] for t, head in self.heads.items()}
+        depth = min(len(layers) for layers in per_task.values())
+        return [{t: layers[k] for t, layers in per_task.items()} for k in range(depth)]
 
     def roles(self, prefix: str) -> dict[str, ParamRole]:
         """The role of each task's head, keyed by parameter-name prefix, for a model that holds these heads
@@ -105,12 +122,19 @@ class TaskHeads(nn.Module):
         shared = not isinstance(features, Mapping)
         self.views = {name: features.view_as(features) for name in self.tasks} if shared else {}
         for name in self.order:
-            task = self.tasks[name]
-            h = self.views[name] if shared else features[name]
-            if task.inputs_from:
-                estimates = [self.tasks[src].estimate(out[src]) for src in task.inputs_from]
-                if task.detach:
-                    estimates = [e.detach() for e in estimates]
-                h = torch.cat([h, *[e.to(h.dtype) for e in estimates]], dim=-1)
-            out[name] = task.prepare_prediction(self.heads[name](h))
+            out[name] = self.predict(name, self.views[name] if shared else features[name], out)
         return {name: out[name] for name in self.tasks}
+
+    def predict(self, name: str, h: Tensor, out: Mapping[str, Tensor]) -> Tensor:
+        """Task ``name``'s prediction from its features ``h``: through the gradient reversal of an adversarial
+        task, with the estimates of the tasks it reads (``inputs_from``, taken from ``out``, the predictions
+        made so far) appended, by its head. Designs that order the heads themselves call it per task."""
+        task = self.tasks[name]
+        if name in self.reversal:
+            h = self.reversal[name](h)
+        if task.inputs_from:
+            estimates = [self.tasks[src].estimate(out[src]) for src in task.inputs_from]
+            if task.detach:
+                estimates = [e.detach() for e in estimates]
+            h = torch.cat([h, *[e.to(h.dtype) for e in estimates]], dim=-1)
+        return task.prepare_prediction(self.heads[name](h))

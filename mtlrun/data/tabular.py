@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtlrun import examples
+from mtlrun import auxiliary, examples
 from mtlrun.data.base import SPLITS, NewInput, Split, TensorData
 from mtlrun.data.preprocess import TablePreprocessor, check_columns, first_bad
 from mtlrun.data.table_io import read_table
@@ -97,6 +97,7 @@ class TabularData(TensorData):
     ) -> None:
         if not tasks:
             raise ConfigError("data=tabular: no tasks; declare them under `tasks:` (mtlrun passes them in)")
+        numeric, categorical = auxiliary.feature_lists(tasks, numeric or [], categorical or [])
         preprocessor = TablePreprocessor.for_tasks(
             tasks, numeric or [], categorical or [], weight, min_category_count
         )
@@ -191,6 +192,7 @@ class TabularData(TensorData):
         """A data set from train/val/test frames already in memory (e.g. a loader that read a headerless
         file whose column names it knows)."""
         data = cls.__new__(cls)
+        numeric, categorical = auxiliary.feature_lists(tasks, numeric, categorical)  # predicted inputs go
         preprocessor = TablePreprocessor.for_tasks(tasks, numeric, categorical, weight, min_category_count)
         data.init_from_frames(frames, preprocessor, sources)
         return data
@@ -204,6 +206,11 @@ class TabularData(TensorData):
 
     def task_settings(self) -> dict[str, dict[str, Any]]:
         return self.preprocessor.task_settings()
+
+    def input_columns(self) -> dict[str, int]:
+        """{numeric feature column: its index in x}: what a reconstruction (``generate: {from: input}``,
+        mtlrun/auxiliary.py) may target; category indices are labels, not quantities to regress."""
+        return {c: i for i, c in enumerate(self.preprocessor.numeric)}
 
     def save_preprocessing(self, folder: Path) -> None:
         self.preprocessor.save(Path(folder) / PREPROCESSING_FILE)

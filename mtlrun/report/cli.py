@@ -60,7 +60,10 @@ def check_readable(
 
 
 def make_report(
-    paths: Sequence[str | Path], baseline: Sequence[str | Path] = (), split: str = "test"
+    paths: Sequence[str | Path],
+    baseline: Sequence[str | Path] = (),
+    split: str = "test",
+    include_auxiliary: bool = False,
 ) -> Report:
     """The report of every readable run under ``paths`` (the others are listed in ``Report.unreadable``);
     B from ``baseline`` paths, else from the single-task runs among the inputs (no Δm% when there is
@@ -83,6 +86,7 @@ def make_report(
         optuna=find_optuna_results(paths),
         unreadable=unreadable,
         inputs=paths,
+        include_auxiliary=include_auxiliary,
     )
 
 
@@ -138,6 +142,11 @@ def parser() -> argparse.ArgumentParser:
         "--split", choices=SPLITS, default="test", help="split whose metrics are compared (default: test)"
     )
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument(
+        "--include-auxiliary",
+        action="store_true",
+        help="also compare the auxiliary tasks' metrics (columns, mean rank, Δm%%); by default they are left out",
+    )
     return p
 
 
@@ -150,7 +159,7 @@ def warn_unreadable(unreadable: Sequence[UnreadableRun]) -> None:
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     try:
-        report = make_report(args.paths, args.baseline, args.split)
+        report = make_report(args.paths, args.baseline, args.split, args.include_auxiliary)
         warn_unreadable(report.unreadable)
         out_dir = args.out or default_out_dir(args.paths)
         markdown, written = write_report(report, out_dir, plots=not args.no_plots)

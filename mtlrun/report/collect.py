@@ -135,6 +135,12 @@ class Run:
             return dict(tasks)
         return {name: dict(spec) for name, spec in (self.config.get("tasks") or {}).items()}
 
+    def auxiliary_tasks(self) -> set[str]:
+        """The tasks the run trained as auxiliary (summary.json's ``"auxiliary": true``, mtlrun/auxiliary.py)."""
+        return {
+            name for name, spec in self.tasks().items() if isinstance(spec, Mapping) and spec.get("auxiliary")
+        }
+
     def directions(self) -> dict[str, bool]:
         """{"task/metric": higher_is_better} as summary.json records it; older runs get it from the task
         kinds (this imports torch and torchmetrics, only when needed)."""

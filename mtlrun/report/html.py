@@ -22,9 +22,11 @@ from typing import Any
 
 import pandas as pd
 
+from mtlrun import grouping
 from mtlrun.report.markdown import (
     NO_BASELINE,
     arrow,
+    auxiliary_note,
     baseline_items,
     baseline_note,
     mean_std,
@@ -162,7 +164,8 @@ def comparison_columns(report: Report) -> list[Column]:
         Column("n", [str(n) for n in table.n_seeds], list(table.n_seeds)),
     ]
     for key in report.metrics:
-        header = f"{key} {arrow(report.higher_is_better.get(key, False))}"
+        aux = " (aux)" if key.partition("/")[0] in report.auxiliary else ""
+        header = f"{key}{aux} {arrow(report.higher_is_better.get(key, False))}"
         texts = [
             mean_std(m, s, ".4g", ".2g")
             for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"], strict=True)
@@ -253,6 +256,7 @@ def render_html(
         f"<dt>split</dt><dd>{escape(report.split)}</dd><dt>runs</dt><dd>{escape(counts)}</dd></dl></header>",
         "<h2>Comparison</h2>",
         f"<p>{escape(metrics_note(report))} Click a column header to sort.</p>",
+        *([f"<p>{_text(auxiliary_note(report))}</p>"] if report.auxiliary else []),
         sortable_table(comparison_columns(report))
         if not report.table.empty
         else "<p><em>no completed run</em></p>",
@@ -265,6 +269,7 @@ def render_html(
         items = "".join(f"<li>{escape(bad.problem)}</li>" for bad in report.unreadable)
         body += ["<h2>Unreadable runs</h2>", f"<ul>{items}</ul>"]
     body += _optuna(report)
+    body += grouping.report_html([run.path for c in report.configurations for run in c.runs])  # affinity
     if report.notes:
         body += ["<h2>Notes</h2>", f"<ul>{''.join(f'<li>{_text(note)}</li>' for note in report.notes)}</ul>"]
     body += ["<h2>Plots</h2>", *_plots(plots, plots_on)]

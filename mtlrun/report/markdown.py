@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtlrun import grouping
 from mtlrun.report.table import Report
 
 
@@ -33,7 +34,8 @@ def comparison_table(report: Report) -> str:
     columns: dict[str, list[str]] = {"configuration": list(table.label), "n": [str(n) for n in table.n_seeds]}
     header_of: dict[str, str] = {}  # numeric column -> its Markdown header
     for key in report.metrics:
-        header_of[f"{key}_mean"] = f"{key} {arrow(report.higher_is_better.get(key, False))}"
+        aux = " (aux)" if key.partition("/")[0] in report.auxiliary else ""
+        header_of[f"{key}_mean"] = f"{key}{aux} {arrow(report.higher_is_better.get(key, False))}"
         columns[header_of[f"{key}_mean"]] = [
             mean_std(m, s, ".4g", ".2g")
             for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"], strict=True)
@@ -79,6 +81,19 @@ def run_counts(report: Report) -> str:
         f"{report.n_runs} run(s): {n_done} completed in {n_configs} configuration(s), "
         f"{len(report.failed)} failed or incomplete."
         + (f" {len(report.unreadable)} more could not be read (left out)." if report.unreadable else "")
+    )
+
+
+def auxiliary_note(report: Report) -> str:
+    """Which tasks were auxiliary (and in how many runs), and whether the table shows them; "" if none."""
+    if not report.auxiliary:
+        return ""
+    named = ", ".join(f"`{task}` ({n} run(s))" for task, n in report.auxiliary.items())
+    if report.include_auxiliary:
+        return f"Auxiliary tasks: {named}; included (`--include-auxiliary`): columns marked (aux), in Δm%."
+    return (
+        f"Auxiliary tasks: {named}; left out of the columns, mean rank and Δm% "
+        "(`mtlrun report --include-auxiliary` shows them)."
     )
 
 
@@ -129,6 +144,7 @@ def render(report: Report, plots: Sequence[Path] = ()) -> str:
         "",
         run_counts(report),
         metrics_note(report),
+        *([auxiliary_note(report)] if report.auxiliary else []),
         "",
         comparison_table(report),
         "",
@@ -150,6 +166,7 @@ def render(report: Report, plots: Sequence[Path] = ()) -> str:
             *[f"- {i}" for i in optuna_items(result)],
             "",
         ]
+    lines += grouping.report_lines([run.path for c in report.configurations for run in c.runs])  # affinity
     if report.notes:
         lines += ["## Notes", "", *[f"- {note}" for note in report.notes], ""]
     if plots:

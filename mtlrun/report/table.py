@@ -14,6 +14,11 @@ Columns (numeric ones stay numeric, for the CSV):
 - ``wall_time_s_sum``: the wall time of all its seeds together (what the row cost);
 - ``best_in``: the columns in which this row is best (ties all marked), e.g. ``left/accuracy;delta_m``.
 
+Auxiliary tasks (``auxiliary: true`` in summary.json, mtlrun/auxiliary.py) are helpers, not results: the
+metrics of a task that is auxiliary in any run are left out of the metric columns, the mean rank and ``best_in``,
+and each run's Δm% leaves out the metrics of its own auxiliary tasks; ``include_auxiliary`` keeps them all
+(``mtlrun report --include-auxiliary``). ``Report.auxiliary`` counts the runs that had each auxiliary task.
+
 Runs that did not complete (failed, interrupted by a signal, still running or killed) are left out of the
 rows and listed in ``Report.failed`` with their overrides, status, error (or signal) and folder. Run folders
 whose files cannot be read are listed in ``Report.unreadable`` (the file and the problem).
@@ -55,6 +60,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     unreadable: list[UnreadableRun] = field(default_factory=list)  # run folders left out: file and problem
     inputs: list[str] = field(default_factory=list)  # the paths the runs were read from
+    auxiliary: dict[str, int] = field(default_factory=dict)  # auxiliary task -> runs that trained it as one
+    include_auxiliary: bool = False  # their metrics are columns (and in Δm%) too
 
 
 def sample_std(values: Sequence[float]) -> float:
@@ -83,9 +90,15 @@ def _directions(runs: Sequence[Run]) -> tuple[list[str], dict[str, bool]]:
     return list(metrics), directions
 
 
-def run_delta_m(run: Run, split: str, baseline: Baseline, notes: list[str]) -> float:
-    """Δm% of one run against B of its data set; NaN (with a note) where it cannot be computed."""
+def run_delta_m(
+    run: Run, split: str, baseline: Baseline, notes: list[str], include_auxiliary: bool = False
+) -> float:
+    """Δm% of one run against B of its data set, over B's metrics less those of the run's auxiliary tasks
+    (unless ``include_auxiliary``); NaN (with a note) where it cannot be computed."""
     base = baseline.for_run(run)
+    if base is not None and not include_auxiliary:
+        helpers = run.auxiliary_tasks()
+        base = {key: value for key, value in base.items() if key.partition("/")[0] not in helpers}
     if base is None:
         notes.append(f"no single-task baseline for data set {run.dataset!r}: no Δm% for {run.path}")
         return math.nan
@@ -103,11 +116,18 @@ def build_report(
     optuna: Sequence[tuple[Path, dict[str, Any]]] = (),
     unreadable: Sequence[UnreadableRun] = (),
     inputs: Sequence[str | Path] = (),
+    include_auxiliary: bool = False,
 ) -> Report:
     """Fold ``runs`` into one row per configuration (see the module docstring for every column)."""
     completed = [run for run in runs if run.completed]
     configurations = group_configurations(completed)
     metrics, directions = _directions(completed)
+    auxiliary: dict[str, int] = {}
+    for run in completed:
+        for task in [t for t in run.tasks() if t in run.auxiliary_tasks()]:  # in the run's task order
+            auxiliary[task] = auxiliary.get(task, 0) + 1
+    if not include_auxiliary:
+        metrics = [key for key in metrics if key.partition("/")[0] not in auxiliary]
     settings = list(configurations[0].settings) if configurations else []
     notes: list[str] = []
     rows = []
@@ -120,7 +140,7 @@ def build_report(
             column = [v.get(key, math.nan) for v in values]
             row[f"{key}_mean"], row[f"{key}_std"] = mean(column), sample_std(column)
         if baseline is not None:
-            deltas = [run_delta_m(run, split, baseline, notes) for run in config.runs]
+            deltas = [run_delta_m(run, split, baseline, notes, include_auxiliary) for run in config.runs]
             row["delta_m_mean"], row["delta_m_std"] = mean(deltas), sample_std(deltas)
         row["time_per_step_s"] = mean([run.time_per_step() for run in config.runs])
         row["wall_time_s_sum"] = sum(run.wall_time for run in config.runs)
@@ -157,6 +177,8 @@ def build_report(
         notes=list(dict.fromkeys(notes)),
         unreadable=list(unreadable),
         inputs=[str(path) for path in inputs],
+        auxiliary=auxiliary,
+        include_auxiliary=include_auxiliary,
     )
 
 

@@ -28,8 +28,10 @@ There is no vmapped variant: measured on a CPU (one thread, an MLP trunk, T = 3,
 T per-task passes beat one ``autograd.grad(..., is_grads_batched=True)`` pass on the stacked losses, which
 carries T cotangents through every head, T − 1 of them zero.
 
-The engine hands the [T, P] matrix it computes, and the model's penalty, to the run's `StepDiagnostics`
-(gradient cosines, penalty means).
+The penalty added to the objective is the model's own (`MTLModel.penalty`) plus the run's regulariser's
+(`regularizer=`, mtlrun/regularizer/), gathered in one place (`penalty`); gradient-based methods never
+balance it. The engine hands the [T, P] matrix it computes, and both penalty terms, to the run's
+`StepDiagnostics` (gradient cosines, penalty means).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from torch import Tensor
 
 from mtlrun.architecture.base import MTLModel
 from mtlrun.errors import ConfigError
+from mtlrun.regularizer.base import Regularizer
 from mtlrun.trainer.diagnostics import StepDiagnostics
 from mtlrun.trainer.distributed import World
 from mtlrun.weighting.base import Weighting
@@ -147,8 +150,10 @@ class BackwardEngine:
         diagnostics: StepDiagnostics | None = None,
         cosine_for_loss_based: bool = False,
         world: World | None = None,
+        regularizer: Regularizer | None = None,
     ) -> None:
         self.model = model
+        self.regularizer = regularizer or Regularizer()  # the base class adds nothing
         self.world = world or World()  # data-parallel: the ranks whose per-task gradients are combined
         self.weighting = weighting
         self.source = weighting.grad_source or "shared_params"
@@ -177,9 +182,7 @@ class BackwardEngine:
             per_task = list(losses.unbind())
         sample_cosine = self.samples_cosines and self.diagnostics.cosine_due(self.steps) and bool(self.shared)
         w = self.weighting
-        penalty = self.model.penalty()
-        if penalty is not None:
-            self.diagnostics.record_penalty(penalty)
+        penalty = self.penalty()
         if not w.needs_task_grads:
             if sample_cosine:
                 self.diagnostics.record_cosines(
@@ -217,6 +220,17 @@ class BackwardEngine:
         if sample_cosine:
             self.diagnostics.record_cosines(grads)
         return losses.sum().detach()
+
+    def penalty(self) -> Tensor | None:
+        """The model's penalty plus the regulariser's (after its update due at this step), each recorded as
+        its own ``model`` row (``penalty``, ``regularizer``); None when there is neither."""
+        self.regularizer.on_step(self.steps)
+        terms = []
+        for name, term in (("penalty", self.model.penalty()), ("regularizer", self.regularizer.penalty())):
+            if term is not None:
+                self.diagnostics.record_penalty(term, name)
+                terms.append(term)
+        return sum(terms[1:], terms[0]) if terms else None
 
     def _plain(self, objective: Tensor, penalty: Tensor | None) -> Tensor:
         (objective if penalty is None else objective + penalty).backward()

@@ -3,8 +3,9 @@
 When one is written (`Checkpoints`): at the end of every ``trainer.checkpoint_every``-th epoch and of
 the last, at every epoch whose evaluation picks a new best, mid-epoch once ``trainer.checkpoint_minutes``
 passed since the last one, and when a stop signal arrives. checkpoint.pt holds everything that changes
-during training (model, optimizer, scheduler, weighting state, the backward engine's counters, every RNG,
-the position in the current epoch), so a run resumed from it ends exactly where an uninterrupted run would.
+during training (model, optimizer, scheduler, weighting state, the backward engine's counters, the
+regulariser's state, every RNG, the position in the current epoch), so a run resumed from it ends exactly
+where an uninterrupted run would.
 
 best_model.pt is written after checkpoint.pt, and only with one: a new best is always saved together with a
 checkpoint of the same epoch, so if a crash falls between the two files, `restore` rewrites
@@ -82,6 +83,8 @@ def save(path: Path, s: Setup, state: TrainState) -> None:
             "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
             "engine": s.engine.state_dict(),
             "diagnostics": s.diagnostics.state_dict(),
+            "regularizer": s.regularizer.state_dict(),  # e.g. its task covariance, its clusters
+            "affinity": s.affinity.state_dict(),  # trainer.affinity_every's running mean
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -129,6 +132,8 @@ def restore(saved: dict, s: Setup, folder: Path) -> TrainState:
             s.scheduler.load_state_dict(saved["scheduler"])
         s.engine.load_state_dict(saved["engine"])
         s.diagnostics.load_state_dict(saved["diagnostics"])
+        s.regularizer.load_state_dict(saved.get("regularizer", {}))
+        s.affinity.load_state_dict(saved.get("affinity"))  # absent from checkpoints written before it
         state = TrainState.from_dict(saved["state"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(

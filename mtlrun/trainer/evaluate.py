@@ -15,6 +15,7 @@ import torch
 
 from mtlrun.architecture.base import MTLModel
 from mtlrun.data.base import TensorData
+from mtlrun.regularizer.base import Regularizer
 from mtlrun.tasks import Task
 from mtlrun.trainer.distributed import World
 
@@ -29,11 +30,12 @@ def evaluate(
     limit_batches: int | None = None,
     autocast: torch.autocast | None = None,
     world: World | None = None,
+    regularizer: Regularizer | None = None,
 ) -> dict[str, dict[str, float]]:
     """Returns {task: {"loss": mean loss, metric: value, ...}} for ``split``, plus the model's
-    diagnostics of the pass (see ``MTLModel.diagnostics``). Data-parallel (``world``), each rank evaluates
-    its rows of every batch; loss sums are added up across ranks and torchmetrics gathers its states in
-    ``compute()``; the model's diagnostics are rank 0's."""
+    diagnostics of the pass (see ``MTLModel.diagnostics``) and the regulariser's (task ``model``).
+    Data-parallel (``world``), each rank evaluates its rows of every batch; loss sums are added up across
+    ranks and torchmetrics gathers its states in ``compute()``; the model's diagnostics are rank 0's."""
     world = world or World()
     was_training = model.training
     model.eval()
@@ -78,4 +80,6 @@ def evaluate(
         results[name] = row
     for name, stats in model.diagnostics().items():  # e.g. each task's mean expert usage (MMoE)
         results.setdefault(name, {}).update(stats)
+    if regularizer is not None and (stats := regularizer.diagnostics()):  # e.g. the task correlations
+        results.setdefault("model", {}).update(stats)
     return results

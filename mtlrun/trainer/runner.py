@@ -77,6 +77,8 @@ def train_and_evaluate(cfg: DictConfig, source: Path | None, record: RunRecord) 
     elif source:
         record.add_resume(source, state)
     s.data.save_preprocessing(out_dir)  # e.g. preprocessing.json of data=tabular, for predicting later
+    for name, text in s.model.artifacts().items() if main else ():  # e.g. adaptive_branching's tree
+        atomic_write_text(out_dir / name, text)
     record.write(
         **describe(s),
         select=cfg.trainer.select.value,
@@ -152,6 +154,7 @@ def train(
         new_best = False
         if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
             new_best = evaluate_and_select(s, trainer, epoch, state, writer, rows)
+            s.affinity.write(record.folder, heatmap=trainer.plots and epoch == trainer.epochs)  # if measured
         signum, _ = s.world.agree(signals.received(), False)
         if checkpoints.due_after_epoch(epoch, trainer.epochs, new_best) or signum:
             checkpoints.write(s, state, writer, new_best)
@@ -215,6 +218,7 @@ def evaluate_and_select(
             trainer.limit_eval_batches,
             s.autocast,
             s.world,
+            s.regularizer,
         )
         for split in ("val", "test")
     )
@@ -241,6 +245,8 @@ def finish(trainer: DictConfig, s: Setup, state: TrainState, record: RunRecord) 
     """Draw the run's curves, record it as completed, log the selected epoch's table."""
     if trainer.plots and s.world.is_main:
         _plot_curves(record.folder)
+    if s.world.is_main:  # e.g. task_relationship.csv / .png (mtlrun/regularizer/)
+        s.regularizer.write(record.folder, trainer.plots)
     record.complete(s, state)
     log.info(
         "results at epoch %s (selected on validation %s):\n%s",

@@ -13,13 +13,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtlrun import auxiliary
 from mtlrun.architecture.base import MTLModel
 from mtlrun.data.base import TensorData
 from mtlrun.errors import ConfigError
 from mtlrun.instantiate import build, resolve_target
 from mtlrun.optim.groups import ParamGroup, build_param_groups, optimizer_param_groups
+from mtlrun.regularizer.base import Regularizer
 from mtlrun.tasks import Task, build_tasks
 from mtlrun.threads import use_threads
+from mtlrun.trainer.affinity import TaskAffinity
 from mtlrun.trainer.backward import BackwardEngine
 from mtlrun.trainer.diagnostics import StepDiagnostics
 from mtlrun.trainer.distributed import World
@@ -60,7 +63,9 @@ def accepts(node: DictConfig, where: str, name: str) -> bool:
 
 def setup_data(cfg: DictConfig, tasks: Mapping[str, Task], device: torch.device) -> TensorData:
     # data sets that read their targets from the task declarations (data=tabular) take the tasks
-    data = build(cfg.data, "data", **({"tasks": tasks} if accepts(cfg.data, "data", "tasks") else {}))
+    given = auxiliary.data_tasks(tasks)  # all but the tasks whose targets are generated (mtlrun/auxiliary.py)
+    data = build(cfg.data, "data", **({"tasks": given} if accepts(cfg.data, "data", "tasks") else {}))
+    auxiliary.add_targets(data, tasks)
     for task in tasks.values():
         if task.target not in data.targets:
             raise ConfigError(
@@ -75,6 +80,7 @@ def fit_tasks(tasks: Mapping[str, Task], data: TensorData) -> dict[str, Task]:
     """The tasks with what the data set fitted for them (classes, target scales) and ``pos_weight: auto``
     resolved on the training split, after checking every split's labels against them."""
     settings = data.task_settings()
+    tasks = auxiliary.output_widths(tasks, data.input_shape, list(auxiliary.input_columns(data)))
     fitted = {}
     for name, task in tasks.items():
         task = task.with_data_settings(data.name, settings.get(task.target, {}))
@@ -103,7 +109,8 @@ def setup_model(
 
     heads = OmegaConf.to_container(cfg.heads, resolve=True)
     model = build(cfg.architecture, "architecture", encoder=encoder_factory, tasks=tasks, heads=heads)
-    return model.to(device)
+    model.to(device).fit_structure(data, cfg.seed)  # designs that grow themselves (adaptive_branching)
+    return model
 
 
 def setup_optimizer(cfg: DictConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
@@ -142,6 +149,14 @@ def setup_weighting(
     for warning in warnings:
         log.warning("warning: %s", warning)
     return weighting, warnings
+
+
+def setup_regularizer(cfg: DictConfig, tasks: Mapping[str, Task], model: MTLModel) -> Regularizer:
+    """The run's regulariser (`regularizer=`), attached to the model; the base class (none) when unset."""
+    node = cfg.get("regularizer")
+    regularizer = Regularizer() if node is None else build(node, "regularizer", tasks=tasks)
+    regularizer.attach(model)
+    return regularizer
 
 
 def compiled(model: MTLModel, weighting: Weighting) -> Callable:
@@ -185,6 +200,8 @@ class Setup:
     warnings: list[str]  # what the run should know about its settings (logged, and kept in summary.json)
     grad_clip: float | None = None  # the maximum norm of all gradients together (trainer.grad_clip)
     world: World = field(default_factory=World)  # the ranks of a data-parallel run (torchrun); one by default
+    regularizer: Regularizer = field(default_factory=Regularizer)  # its penalty is added by the engine
+    affinity: TaskAffinity = field(default_factory=TaskAffinity)  # trainer.affinity_every; off by default
 
     def learning_rates(self) -> dict[str, float]:
         """{"lr/<group>": the learning rate each parameter group has now} (schedules move them)."""
@@ -202,6 +219,7 @@ class Setup:
             raise
 
     def _step(self, batch: dict, where: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.affinity.observe(batch, self.tasks, self.autocast)  # TAG's lookahead, when due; changes nothing
         return train_step(
             self.forward,
             self.world.shard(batch),
@@ -229,8 +247,11 @@ def setup(cfg: DictConfig) -> Setup:
     tasks = fit_tasks(tasks, data)
     model = setup_model(cfg, tasks, data, device)
     weighting, warnings = setup_weighting(cfg, tasks, model, device)
+    regularizer = setup_regularizer(cfg, tasks, model)
     diagnostics = StepDiagnostics(list(tasks), trainer.grad_cosine_every)
-    engine = BackwardEngine(model, weighting, diagnostics, trainer.grad_cosine_for_loss_based, world)
+    engine = BackwardEngine(
+        model, weighting, diagnostics, trainer.grad_cosine_for_loss_based, world, regularizer
+    )
     groups = build_param_groups(model, weighting, OmegaConf.to_container(cfg.optim.groups, resolve=True))
     optimizer = setup_optimizer(cfg, groups)
     steps_per_epoch = min(
@@ -259,6 +280,10 @@ def setup(cfg: DictConfig) -> Setup:
         grad_clip=trainer.grad_clip,
         world=world,
         finite=FiniteLosses(tasks, device),
+        affinity=TaskAffinity.build(
+            trainer.affinity_every, trainer.affinity_update, model, optimizer, tasks, world.size
+        ),
+        regularizer=regularizer,
     )
 
 
@@ -271,9 +296,14 @@ def describe(s: Setup) -> dict:
         "data": {"name": s.data.name, "sizes": s.data.sizes()},
         "tasks": {
             name: {"kind": t.kind, "metrics": t.metrics}
+            | ({"auxiliary": True} if t.auxiliary else {})
             | {
                 k: v
-                for k, v in (("pos_weight", t.positive_weight), ("target_scale", t.target_scale))
+                for k, v in (
+                    ("pos_weight", t.positive_weight),
+                    ("target_scale", t.target_scale),
+                    ("outputs", t.fitted.outputs),  # a reconstruction's head width (mtlrun predict reads it)
+                )
                 if v is not None
             }
             for name, t in s.tasks.items()

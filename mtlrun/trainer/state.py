@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from mtlrun.tasks import Task
 
 @dataclass
 class Monitor:
-    """The validation quantity that picks the best epoch: ``loss`` (sum of the per-task validation losses)
-    or ``<task>/<metric>``."""
+    """The validation quantity that picks the best epoch: ``loss`` (sum of the per-task validation losses of
+    the tasks that are not auxiliary) or ``<task>/<metric>`` (an auxiliary task's too, with a warning: the
+    epoch is then chosen for a helper task, which only a deliberate choice should do)."""
 
     name: str
     higher_is_better: bool
@@ -26,12 +28,16 @@ class Monitor:
     @classmethod
     def from_config(cls, name: str, tasks: Mapping[str, Task]) -> Monitor:
         if name == "loss":
-            return cls(name, False, tuple(tasks))
+            return cls(name, False, tuple(t for t, spec in tasks.items() if not spec.auxiliary))
         task, _, metric = name.partition("/")
         if task not in tasks or (metric not in tasks[task].metrics and metric != "loss"):
             choices = ["loss"] + [f"{t}/{m}" for t, spec in tasks.items() for m in ["loss", *spec.metrics]]
             raise ConfigError(
                 f"trainer.monitor: '{name}' is not a validation quantity; choose one of {choices}"
+            )
+        if tasks[task].auxiliary:
+            logging.getLogger("mtlrun").warning(
+                "warning: trainer.monitor=%s selects the epoch on auxiliary task '%s'", name, task
             )
         return cls(name, metric != "loss" and tasks[task].higher_is_better(metric), tuple(tasks))
 

@@ -3,7 +3,16 @@ match what each parameter actually does, the shared representation, and inputs_f
 
 import pytest
 import torch
-from conftest import build_objects, first_batch, nonzero, one_data_option_per_class, options, small_cfg
+from conftest import (
+    SERVES,
+    build_objects,
+    built_or_refused,
+    first_batch,
+    nonzero,
+    one_data_option_per_class,
+    options,
+    small_cfg,
+)
 from omegaconf import OmegaConf
 
 from mtlrun.architecture.base import ParamRole
@@ -18,7 +27,9 @@ BATCH = 6
 @pytest.fixture(scope="module", params=PAIRS, ids=[f"{a}-{d}" for a, d in PAIRS])
 def built(request):
     architecture, data = request.param
-    return build_objects(small_cfg([f"architecture={architecture}", f"data={data}"]))
+    return built_or_refused(
+        small_cfg([f"architecture={architecture}", f"data={data}", *SERVES.get((architecture, data), [])])
+    )
 
 
 def task_loss(built, batch, out, name):
@@ -146,7 +157,7 @@ def test_inputs_from_detach_stops_the_gradient(architecture, detach):
             f"tasks.sum.detach={detach}",
         ]
     )
-    built = build_objects(cfg)
+    built = built_or_refused(cfg)
     model, roles = built.model, built.model.parameter_roles()
     assert built.tasks["sum"].inputs_from == ("left",) and built.tasks["sum"].detach is detach
 

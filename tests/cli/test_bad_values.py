@@ -161,7 +161,7 @@ CASES: dict[str, Case] = {
     ),
     "table duplicated column csv": Case(
         (*TABLE, "data.path={tmp}/dup.csv"),
-        ("dup.csv", "column 'click' appears 2 times in the header (columns 12, 16)", "rename or remove"),
+        ("dup.csv", "column 'click' appears 2 times in the header (columns 12, 17)", "rename or remove"),
         files=write_duplicated_csv,
     ),
     "table duplicated column parquet": Case(

@@ -11,7 +11,9 @@ import pytest
 import torch
 from conftest import (
     CONF,
+    SERVES,
     build_objects,
+    built_or_refused,
     compose_cfg,
     first_batch,
     groups,
@@ -86,8 +88,8 @@ def test_root_config_composes_with_its_values():
 @pytest.mark.parametrize("architecture", options("architecture"))
 @pytest.mark.parametrize("data", one_data_option_per_class())
 def test_data_and_architecture_instantiate(data, architecture):
-    cfg = small_cfg([f"data={data}", f"architecture={architecture}"])
-    built = build_objects(cfg)
+    cfg = small_cfg([f"data={data}", f"architecture={architecture}", *SERVES.get((architecture, data), [])])
+    built = built_or_refused(cfg)  # or the ConfigError it declares (MTLModel.check_tasks)
     assert isinstance(built.data, TensorData) and isinstance(built.model, MTLModel)
     assert built.data.sizes() == {"train": 64, "val": 32, "test": 32}  # the sizes shrink() set
     assert list(built.tasks) == list(cfg.tasks) == list(built.model.tasks)

@@ -295,10 +295,23 @@ def test_comparison_presets_run_the_single_task_baseline_once_per_seed(experimen
         assert len(jobs) == 3 * (9 + 6 + 1)
 
 
-def test_compare_architecture_sweeps_every_architecture_with_equal_weighting():
-    cfg = compose_with_hydra(["experiment=compare_architecture"])
-    assert cfg.hydra.sweeper.params == {"architecture": "glob(*)", "seed": "0,1,2"}
-    assert cfg.weighting._target_.endswith("Equal") and "single_task" in options("architecture")
+# Designs compared elsewhere: the funnel designs by scripts/feed_transfer_compare.py, `grouped` by a sweep over
+# its groups (docs/helping-tasks.md).
+COMPARED_ELSEWHERE = {"esmm", "aitm", "grouped"}
+
+
+def test_the_architecture_presets_compare_every_architecture_with_equal_weighting():
+    """compare_architecture (the sharing designs) and learning_to_share (the designs that learn what to share)
+    together sweep every architecture option but those compared elsewhere, each with the single-task baseline."""
+    compare = compose_with_hydra(["experiment=compare_architecture"])
+    share = compose_with_hydra(["experiment=learning_to_share"])
+    for cfg in (compare, share):
+        assert cfg.weighting._target_.endswith("Equal") and cfg.hydra.sweeper.params.seed == "0,1,2"
+    swept = set(compare.hydra.sweeper.params.architecture.split(","))
+    variants = share.hydra.sweeper.variants.values()
+    learned = {arch for variant in variants for arch in variant.architecture.split(",")}
+    assert "single_task" in swept and "single_task" in learned
+    assert swept | learned | COMPARED_ELSEWHERE == set(options("architecture"))
 
 
 # ------------------------------------------------------------------------------------ missing plugin message

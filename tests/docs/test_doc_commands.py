@@ -88,7 +88,7 @@ class Command:
             argv = argv[argv.index("mtlrun") :]
         return (
             argv[0] == "mtlrun"
-            and (len(argv) == 1 or argv[1] not in ("report", "predict"))
+            and (len(argv) == 1 or argv[1] not in ("report", "predict", "groups"))
             and not NOT_TRAINING & set(argv)
         )
 

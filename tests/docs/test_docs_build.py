@@ -49,8 +49,8 @@ def test_the_site_builds_strictly_without_a_warning(built):
 
 
 def test_every_config_option_and_docstring_is_rendered(built):
-    """Each option of every group shows on its group's page; weighting and architecture pages render each
-    class with mkdocstrings (its heading carries the class's full path as its id)."""
+    """Each option of every group shows on its group's page; weighting, architecture and regularizer pages
+    render each class with mkdocstrings (its heading carries the class's full path as its id)."""
     _, site = built
     sys.path.insert(0, str(ROOT / "docs"))
     try:
@@ -61,7 +61,7 @@ def test_every_config_option_and_docstring_is_rendered(built):
         html = (site / page.replace(".md", ".html")).read_text(encoding="utf-8")
         for option in hooks.options(group):
             assert f"conf/{group}/{option}.yaml" in html, (group, option)
-            if group in ("weighting", "architecture"):
+            if group in ("weighting", "architecture", "regularizer"):
                 target = hooks.target_of(hooks.read_conf(group, option), group)
                 assert target, f"conf/{group}/{option}.yaml: no _target_ found"
                 assert f'id="{target}"' in html, target

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose_cfg, options
+from conftest import architecture_overrides, compose_cfg, options
 from hydra.utils import get_class
 
 from mtlrun import signals
@@ -128,7 +128,7 @@ def test_every_weighting_method_resumes_exactly(
 def test_every_architecture_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, architecture: str
 ) -> None:
-    overrides = [*SMOKE, "data=mmoe_synthetic", f"architecture={architecture}", "data.n_train=96"]
+    overrides = [*SMOKE, *architecture_overrides(architecture, "mmoe_synthetic"), "data.n_train=96"]
     full, resumed = interrupted_and_resumed(tmp_path, monkeypatch, overrides, stop_after=4)
     pd.testing.assert_frame_equal(metrics(resumed), metrics(full))
 

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import build_objects, compose_cfg, first_batch, options, small_cfg
+from conftest import architecture_overrides, build_objects, compose_cfg, first_batch, options, small_cfg
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
@@ -209,7 +209,7 @@ def assert_same_grads(actual, expected):
 
 @pytest.mark.parametrize("architecture", options("architecture"))
 def test_gradient_path_with_summed_task_grads_equals_equal_weighting(architecture):
-    built = build_objects(small_cfg([f"architecture={architecture}"]))
+    built = build_objects(small_cfg(architecture_overrides(architecture, "multidigits")))
     batch = first_batch(built.data, 8)
     tasks = built.tasks
     reference = grads_after_backward(built, Equal(tasks), batch)

@@ -259,6 +259,8 @@ def test_gradient_methods_run_on_the_shared_representation(tmp_path: Path) -> No
 @pytest.mark.slow  # a catalogue-wide sweep (15-25 s); in-process catalogue tests cover the fast tier
 def test_every_architecture_runs_through_the_cli_on_images_and_vectors(tmp_path: Path) -> None:
     options = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "architecture").glob("*.yaml"))
+    # ESMM serves a binary click -> conversion chain only (its own test file runs it through the CLI on the feed)
+    options = [o for o in options if o != "esmm"]
     result = mtlrun(
         "-m",
         *SMOKE,

@@ -85,3 +85,14 @@ def test_penalty_row_is_the_mean_over_steps_and_the_sums_survive_a_state_round_t
     copy.load_state_dict(diagnostics.state_dict())
     assert diagnostics.pop_rows() == {"model": {"penalty": pytest.approx(3.0)}}
     assert copy.pop_rows() == {"model": {"penalty": pytest.approx(3.0)}}
+
+
+def test_a_checkpoint_from_before_regularisers_resumes_its_penalty_sum():
+    """Checkpoints written before `penalties` held one running sum of the model's penalty; it carries on."""
+    diagnostics = StepDiagnostics(["a", "b"], cosine_every=0)
+    old = {"cosine_sum": None, "cosine_count": 0, "penalty_sum": torch.tensor(3.0), "penalty_count": 2}
+    diagnostics.load_state_dict(old)
+    diagnostics.record_penalty(torch.tensor(6.0))
+    assert diagnostics.pop_rows() == {"model": {"penalty": 3.0}}
+    diagnostics.load_state_dict(old | {"penalty_sum": None, "penalty_count": 0})
+    assert diagnostics.pop_rows() == {}

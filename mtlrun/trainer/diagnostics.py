@@ -69,7 +69,8 @@ class StepDiagnostics:
         return {key: getattr(self, key) for key in self._STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        if "penalty_sum" in state:  # a checkpoint from before regularisers: one running sum, the model's penalty
+        # a checkpoint from before regularisers holds one running sum, the model's penalty
+        if "penalty_sum" in state:
             total, count = state["penalty_sum"], state["penalty_count"]
             state = state | {"penalties": {} if total is None else {"penalty": [total, count]}}
         for key in self._STATE:

@@ -15,7 +15,8 @@ from conftest import (
 )
 from omegaconf import OmegaConf
 
-from mtlrun.architecture.base import ParamRole
+from mtlrun.architecture.base import MTLModel, ParamRole
+from mtlrun.data.base import TensorData
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import build_tasks
 from mtlrun.trainer.step import task_losses
@@ -35,6 +36,12 @@ def built(request):
 def task_loss(built, batch, out, name):
     task = built.tasks[name]
     return task.loss_per_sample(out[name], batch["y"][task.target]).mean()
+
+
+def test_data_and_model_are_built_from_the_config_on_the_shrunk_data(built):
+    assert isinstance(built.data, TensorData) and isinstance(built.model, MTLModel)
+    assert built.data.sizes() == {"train": 64, "val": 32, "test": 32}  # the sizes shrink() set
+    assert list(built.tasks) == list(built.cfg.tasks) == list(built.model.tasks)
 
 
 def test_forward_returns_one_prediction_per_task_with_its_shape(built):

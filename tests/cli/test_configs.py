@@ -11,9 +11,7 @@ import pytest
 import torch
 from conftest import (
     CONF,
-    SERVES,
     build_objects,
-    built_or_refused,
     compose_cfg,
     first_batch,
     groups,
@@ -25,8 +23,6 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import schema
-from mtlrun.architecture.base import MTLModel
-from mtlrun.data.base import TensorData
 from mtlrun.errors import ConfigError
 from mtlrun.instantiate import build, check_node
 from mtlrun.optim.groups import build_param_groups
@@ -83,16 +79,6 @@ def test_root_config_composes_with_its_values():
         composed = OmegaConf.select(cfg, key)
         composed = OmegaConf.to_container(composed) if OmegaConf.is_config(composed) else composed
         assert composed == value, key
-
-
-@pytest.mark.parametrize("architecture", options("architecture"))
-@pytest.mark.parametrize("data", one_data_option_per_class())
-def test_data_and_architecture_instantiate(data, architecture):
-    cfg = small_cfg([f"data={data}", f"architecture={architecture}", *SERVES.get((architecture, data), [])])
-    built = built_or_refused(cfg)  # or the ConfigError it declares (MTLModel.check_tasks)
-    assert isinstance(built.data, TensorData) and isinstance(built.model, MTLModel)
-    assert built.data.sizes() == {"train": 64, "val": 32, "test": 32}  # the sizes shrink() set
-    assert list(built.tasks) == list(cfg.tasks) == list(built.model.tasks)
 
 
 @pytest.mark.parametrize("weighting", options("weighting"))

@@ -19,7 +19,8 @@ from mtlrun.architecture.base import MTLModel, ParamRole
 from mtlrun.data.base import TensorData
 from mtlrun.errors import ConfigError
 from mtlrun.tasks import build_tasks
-from mtlrun.trainer.step import task_losses
+from mtlrun.trainer.backward import gradients_through_views
+from mtlrun.trainer.step import per_task_losses, task_losses
 
 PAIRS = [(arch, data) for arch in options("architecture") for data in one_data_option_per_class()]
 BATCH = 6
@@ -122,6 +123,32 @@ def test_shared_representation(built):
         assert rep.requires_grad  # gradient methods differentiate against it
     else:
         assert model.shared_representation is None
+
+
+def test_representation_views_give_each_task_its_own_gradient(built):
+    """Where a design hands out per-task views of its shared representation (one backward pass for the T rows
+    of grad_source=representation), row t equals task t's own gradient with respect to the representation."""
+    model, tasks = built.model, built.tasks
+    batch = first_batch(built.data, BATCH)
+    losses = per_task_losses(model(batch), batch, tasks)
+    views = model.representation_views()
+    if not model.has_representation:
+        assert views == {}  # no representation, nothing to view
+        return
+    if views:
+        rep = model.shared_representation
+        own = [_gradient_or_zero(loss, rep).flatten() for loss in losses]
+        rows = gradients_through_views(losses, [views[t] for t in tasks])
+        assert torch.allclose(rows, torch.stack(own), rtol=1e-5, atol=1e-7)
+
+
+def _gradient_or_zero(loss: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
+    grad = (
+        torch.autograd.grad(loss, rep, retain_graph=True, allow_unused=True)[0]
+        if loss.requires_grad
+        else None
+    )
+    return torch.zeros_like(rep) if grad is None else grad
 
 
 def test_each_task_loss_moves_only_its_own_and_shared_parameters(built):

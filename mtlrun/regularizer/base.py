@@ -11,6 +11,9 @@ depth), never layers picked by name.
 * `on_step(step)` runs before each step's penalty (steps counted from 1 by the engine, whose counter is in
   the checkpoint); regularisers with a closed-form update (a task covariance, a clustering) refresh it every
   `update_every` steps there, detached from autograd.
+* `after_step(optimizer)` runs after each optimizer step: a proximal update of the weights, for penalties
+  whose exact zeros a gradient step cannot reach (the group lasso); such a regulariser's `penalty()` is then
+  detached, logged but left out of the gradient.
 * `diagnostics()` gives scalars written under task `model` at each evaluation (e.g.
   `regularizer/features_in_use`); `write(folder, plots)` writes files at the end of the run.
 * `state_dict()` / `load_state_dict()`: what changes during training, kept in the checkpoint so a resumed
@@ -55,6 +58,10 @@ class Regularizer:
 
     def update(self) -> None:
         """The closed-form update (detached); nothing by default."""
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After the optimizer's step: a proximal update of the layers (group lasso's `proximal`), with the
+        learning rates the step used; nothing by default."""
 
     def diagnostics(self) -> dict[str, float]:
         return {}

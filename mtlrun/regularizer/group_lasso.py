@@ -13,8 +13,7 @@ With `over: input` a group is one input feature i, holding its weights across ev
 so an input feature of the layer (a unit of the shared representation, for the heads' first layer) is read
 by all tasks or by none. With `over: output` a group is one output unit o, A[:, o, :]: the hidden unit o of
 every head is kept or dropped together. The penalty is not squared, so its gradient λ A_g / ‖A_g‖ has the
-same size λ for every group however small, which drives unused groups to zero (its subgradient at a zero
-group is taken as 0).
+same size λ for every group however small, which drives unused groups to zero.
 
 **Diagnostic.** `regularizer/features_in_use` (`over: input`) or `regularizer/units_in_use`
 (`over: output`): the number of groups whose norm exceeds `threshold`, at each evaluation. At the end of the
@@ -27,14 +26,26 @@ run `group_norms.csv` lists every group's norm.
   features), -1 = the output layer (only when every task has the same number of outputs).
 - `over`: `input` (the paper's rows: features) or `output` (hidden units).
 - `threshold`: a group counts as in use while its norm exceeds this.
+- `proximal`: true: a proximal step after each optimizer step (exact zeros); false: a subgradient term of
+  the objective.
+
+**Minimising it.** By default (`proximal: false`) the term is part of the objective and the run's optimiser
+minimises it with the rest (a subgradient step; its subgradient at a zero group is taken as 0): unused groups
+then hover near zero, about the learning rate with Adam, and `threshold` decides which count as in use. With
+`proximal: true` the penalty takes no part in the gradient: after each optimizer step the groups are shrunk
+by the penalty's proximal operator, block soft-thresholding g ← g · max(0, 1 − ηλ/‖g‖₂), with η the learning
+rate the layers' parameter groups had at that step (the mean of the T tasks' rates when they differ). A
+group whose norm falls below ηλ becomes exactly zero for every task at once, which a gradient step never
+reaches; `penalty()` still returns the term, detached, for the `model/regularizer` row. The two forms weigh
+λ differently under Adam: Adam rescales the subgradient λ·g/‖g‖ to steps of about the learning rate, while
+the proximal shrinkage is ηλ per step, so under Adam the proximal form needs a far larger λ to prune (under
+SGD both take ηλ).
 
 **Departures from the paper.** Argyriou et al. learn a shared orthogonal feature map U together with the
 sparse A and solve the convex problem by alternating minimisation; here the features are the network's own
-(the layer's inputs), no rotation U is learned, and the penalty is minimised by the run's optimiser with the
-rest of the network: a plain subgradient step, no proximal step. With Adam the norms of unused groups fall to
-about the learning rate and hover there rather than to exact zeros (a proximal, block soft-thresholding step
-would need a hook after the optimiser step, which the runner does not have), so `threshold` decides which
-groups count as zero. Biases are not penalised.
+(the layer's inputs), no rotation U is learned, and the penalty is minimised with the rest of the network.
+The proximal step is exact proximal gradient descent under SGD; under Adam it ignores Adam's per-coordinate
+scaling (a common approximation: the shrinkage uses the plain learning rate). Biases are not penalised.
 """
 
 from __future__ import annotations
@@ -63,12 +74,15 @@ class GroupLasso(TaskLayerRegularizer):
         layer: int = 0,
         over: str = "input",
         threshold: float = 1e-2,
+        proximal: bool = False,
     ) -> None:
         check_choice("regularizer.over", over, OVER)
         super().__init__(tasks, layer)
         self.strength = check_strength("regularizer.strength", strength)
         self.threshold = check_strength("regularizer.threshold", threshold)
         self.over = over
+        self.proximal = bool(proximal)
+        self._group_of: dict[int, int] = {}  # id of a layer's weight -> index of its optimizer param group
 
     def group_norms(self) -> Tensor:
         """[G]: the norm of each group, G = in (`over: input`) or out (`over: output`)."""
@@ -76,7 +90,23 @@ class GroupLasso(TaskLayerRegularizer):
         return torch.linalg.vector_norm(self.stacked(), dim=dims)
 
     def penalty(self) -> Tensor:
-        return self.strength * self.group_norms().sum()
+        value = self.strength * self.group_norms().sum()
+        return value.detach() if self.proximal else value  # proximal: logged here, applied in after_step
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """`proximal`: block soft-thresholding of every group, g ← g · max(0, 1 − ηλ / ‖g‖), with η the mean
+        learning rate of the T layers' parameter groups at this step."""
+        if not self.proximal or self.strength == 0:
+            return
+        weights = [self.layers[t].weight for t in self.task_names]
+        if not self._group_of:
+            self._group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        rate = sum(optimizer.param_groups[self._group_of[id(w)]]["lr"] for w in weights) / len(weights)
+        with torch.no_grad():
+            norms = self.group_norms()
+            keep = (1 - rate * self.strength / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
+            for w in weights:
+                w.mul_(keep if self.over == "input" else keep[:, None])
 
     def diagnostics(self) -> dict[str, float]:
         with torch.no_grad():

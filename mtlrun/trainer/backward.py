@@ -229,7 +229,8 @@ class BackwardEngine:
         for name, term in (("penalty", self.model.penalty()), ("regularizer", self.regularizer.penalty())):
             if term is not None:
                 self.diagnostics.record_penalty(term, name)
-                terms.append(term)
+                if term.requires_grad:  # a proximal regulariser's term is logged only (its step: after_step)
+                    terms.append(term)
         return sum(terms[1:], terms[0]) if terms else None
 
     def _plain(self, objective: Tensor, penalty: Tensor | None) -> Tensor:

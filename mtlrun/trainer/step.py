@@ -65,6 +65,7 @@ def train_step(
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(engine.model.parameters(), grad_clip)
     optimizer.step()
+    engine.regularizer.after_step(optimizer)  # a proximal regulariser's step (group lasso), else nothing
     if scheduler is not None:
         scheduler.step()
     return losses.detach(), objective

@@ -88,6 +88,56 @@ def test_group_lasso_drops_a_feature_for_every_task_at_once():
     assert train(strength=0.0)[0].group_norms()[3:].sum() > 10 * unused  # least squares fits the noise
 
 
+def test_proximal_step_is_block_soft_thresholding_with_the_layers_learning_rate():
+    reg, model = attached(GroupLasso, strength=2.0, proximal=True)
+    params = model.parameters()
+    with torch.no_grad():
+        params[0][:, 1] *= 1e-3  # feature 1: a small group, below eta * lambda
+        params[1][:, 1] *= 1e-3
+        params[2][:, 1] *= 1e-3
+    before = torch.stack(params).detach().clone()
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    assert not reg.penalty().requires_grad  # logged only: the step below does the work
+    reg.after_step(optimizer)
+    norms = before.pow(2).sum(dim=(0, 1)).sqrt()  # [in]
+    keep = (1 - 0.05 * 2.0 / norms).clamp_min(0)
+    assert keep[1] == 0 and (keep[[0, 2, 3, 4, 5]] > 0).all()
+    assert torch.allclose(torch.stack(params), before * keep, atol=1e-7)
+    assert (torch.stack(params)[:, :, 1] == 0).all()  # exactly zero, for every task at once
+
+
+def test_proximal_group_lasso_zeroes_unused_features_exactly_for_every_task():
+    """Proximal gradient descent on the same problem as above: the noise features end exactly 0 for all three
+    tasks, the used ones stay."""
+    reg, model = attached(GroupLasso, shape=(1, 6), strength=0.3, proximal=True)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(128, 6, generator=gen)
+    targets = x[:, :3] @ torch.randn(3, 3, generator=gen).T + 0.3 * torch.randn(128, 3, generator=gen)
+    params = model.parameters()
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        w = torch.stack(params)[:, 0, :]
+        (x @ w.T - targets).pow(2).mean(0).sum().backward()
+        optimizer.step()
+        reg.after_step(optimizer)
+    weights = torch.stack(params)[:, 0, :].detach()
+    assert (weights[:, 3:] == 0).all() and (weights[:, :3].abs() > 0.01).all(), weights
+
+
+def test_a_proximal_regularizer_steps_after_the_optimizer_in_a_training_step():
+    built = build_objects(
+        small_cfg(["regularizer=group_lasso", "regularizer.proximal=true", "regularizer.strength=100"])
+    )
+    regularizer = setup_regularizer(built.cfg, built.tasks, built.model)
+    engine = BackwardEngine(built.model, built.weighting, regularizer=regularizer)
+    optimizer = torch.optim.SGD(built.model.parameters(), lr=0.01)
+    train_step(built.model, first_batch(built.data, 8), built.tasks, engine, optimizer, None)
+    stacked = regularizer.stacked().detach()
+    assert (stacked == 0).all()  # lr * strength = 1 exceeds every group's norm: all pruned, exactly
+    assert regularizer.diagnostics() == {"regularizer/features_in_use": 0.0}
+
+
 # ------------------------------------------------------------------------------------------- task clustering
 
 

@@ -122,15 +122,7 @@ def test_bad_chains_are_config_errors(feed, chain, message):
         ESMM.check_tasks(feed.tasks, {"chain": chain})
 
 
-CONTRACT = [
-    contract.test_forward_returns_one_prediction_per_task_with_its_shape,
-    contract.test_parameter_roles_partition_the_parameters,
-    contract.test_head_parameters_are_exactly_those_of_each_task_head,
-    contract.test_shared_parameters_are_those_no_task_owns,
-    contract.test_parameter_counts_add_up,
-    contract.test_shared_representation,
-    contract.test_each_task_loss_moves_only_its_own_and_shared_parameters,
-]
+CONTRACT = contract.CHECKS_OF_ONE_MODEL
 
 
 @pytest.mark.parametrize("check", CONTRACT, ids=[c.__name__ for c in CONTRACT])

@@ -241,3 +241,18 @@ def test_inputs_from_cycle_is_a_config_error(overrides):
 def test_inputs_from_unknown_source_is_a_config_error():
     with pytest.raises(ConfigError, match=r"tasks\.sum\.inputs_from: unknown task 'nope'"):
         tasks_with(["tasks.sum.inputs_from=[nope]"])()
+
+
+# The checks above that take one built model, for a design's own test file to run on the configuration it is
+# built for (ESMM and AITM's calibrator need a click -> conversion funnel)
+CHECKS_OF_ONE_MODEL = [
+    test_data_and_model_are_built_from_the_config_on_the_shrunk_data,
+    test_forward_returns_one_prediction_per_task_with_its_shape,
+    test_parameter_roles_partition_the_parameters,
+    test_head_parameters_are_exactly_those_of_each_task_head,
+    test_shared_parameters_are_those_no_task_owns,
+    test_parameter_counts_add_up,
+    test_shared_representation,
+    test_representation_views_give_each_task_its_own_gradient,
+    test_each_task_loss_moves_only_its_own_and_shared_parameters,
+]

@@ -15,7 +15,8 @@ depth), never layers picked by name.
   whose exact zeros a gradient step cannot reach (the group lasso); such a regulariser's `penalty()` is then
   detached, logged but left out of the gradient.
 * `diagnostics()` gives scalars written under task `model` at each evaluation (e.g.
-  `regularizer/features_in_use`); `write(folder, plots)` writes files at the end of the run.
+  `regularizer/features_in_use`); `write(folder, plots)` rewrites its files at each evaluation (rank 0; `plots`: the last
+  epoch's heatmaps, with `trainer.plots`).
 * `state_dict()` / `load_state_dict()`: what changes during training, kept in the checkpoint so a resumed
   run equals an uninterrupted one.
 

@@ -16,8 +16,8 @@ every head is kept or dropped together. The penalty is not squared, so its gradi
 same size λ for every group however small, which drives unused groups to zero.
 
 **Diagnostic.** `regularizer/features_in_use` (`over: input`) or `regularizer/units_in_use`
-(`over: output`): the number of groups whose norm exceeds `threshold`, at each evaluation. At the end of the
-run `group_norms.csv` lists every group's norm.
+(`over: output`): the number of groups whose norm exceeds `threshold`, at each evaluation, when
+`group_norms.csv`, listing every group's norm, is rewritten.
 
 **Config keys.**
 

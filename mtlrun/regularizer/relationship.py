@@ -24,8 +24,8 @@ tasks coincide). At that Ω the penalty is λ (tr (WᵀW + εI)^{1/2})², the sq
 task layers that span few directions, i.e. related tasks. Ω starts as I/T (unrelated tasks).
 
 **Diagnostic.** Ω as task correlations ρ_st = Ω_st / (Ω_ss Ω_tt)^{1/2}: rows `regularizer/corr/<s>~<t>` at
-each evaluation; at the end of the run `task_relationship.csv` (the T × T matrix with task names) and, with
-`trainer.plots`, `task_relationship.png` (a heatmap), so a user can read which tasks the model finds related.
+each evaluation, and `task_relationship.csv` (the T × T matrix with task names), rewritten at each
+evaluation; at the last epoch, with `trainer.plots`, `task_relationship.png` (a heatmap), so a user can read which tasks the model finds related.
 
 **Config keys.**
 

@@ -25,8 +25,8 @@ Lloyd iterations until no task moves. Clusters are numbered by their first task 
 do not flicker between updates that find the same partition.
 
 **Diagnostic.** `regularizer/cluster/<task>`: each task's cluster (0 … K − 1), and `regularizer/mean`,
-`regularizer/between`, `regularizer/within`: the three parts without their ε, at each evaluation; at the end
-of the run `task_clusters.csv` lists each task's cluster.
+`regularizer/between`, `regularizer/within`: the three parts without their ε, at each evaluation, when
+`task_clusters.csv`, listing each task's cluster, is rewritten.
 
 **Config keys.**
 

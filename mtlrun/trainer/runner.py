@@ -154,7 +154,7 @@ def train(
         new_best = False
         if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
             new_best = evaluate_and_select(s, trainer, epoch, state, writer, rows)
-            s.affinity.write(record.folder, heatmap=trainer.plots and epoch == trainer.epochs)  # if measured
+            s.write_measurements(record.folder, plots=trainer.plots and epoch == trainer.epochs)
         signum, _ = s.world.agree(signals.received(), False)
         if checkpoints.due_after_epoch(epoch, trainer.epochs, new_best) or signum:
             checkpoints.write(s, state, writer, new_best)
@@ -245,8 +245,6 @@ def finish(trainer: DictConfig, s: Setup, state: TrainState, record: RunRecord) 
     """Draw the run's curves, record it as completed, log the selected epoch's table."""
     if trainer.plots and s.world.is_main:
         _plot_curves(record.folder)
-    if s.world.is_main:  # e.g. task_relationship.csv / .png (mtlrun/regularizer/)
-        s.regularizer.write(record.folder, trainer.plots)
     record.complete(s, state)
     log.info(
         "results at epoch %s (selected on validation %s):\n%s",

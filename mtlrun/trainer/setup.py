@@ -8,6 +8,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -208,6 +209,14 @@ class Setup:
         return {
             f"lr/{g.name}": pg["lr"] for g, pg in zip(self.groups, self.optimizer.param_groups, strict=True)
         }
+
+    def write_measurements(self, folder: Path, plots: bool) -> None:
+        """At an evaluation, on rank 0: the matrices the run measures, rewritten (task_affinity.csv with
+        `trainer.affinity_every`, a regulariser's task_relationship.csv ...), and with ``plots`` (the last
+        epoch, `trainer.plots`) their heatmaps."""
+        if self.world.is_main:
+            self.affinity.write(folder, heatmap=plots)
+            self.regularizer.write(folder, plots)
 
     def step(self, batch: dict, where: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on ``batch`` (``where``: epoch and step, for error messages); returns the [T]

@@ -24,7 +24,7 @@ from mtlrun.trainer import setup as setup_steps
 
 pytestmark = pytest.mark.slow
 
-# the files each option writes at the end of a run, and a diagnostic row it writes at each evaluation
+# the files each option rewrites and a diagnostic row it writes at each evaluation
 EXPECTED = {
     "group_lasso": (["group_norms.csv"], "regularizer/features_in_use"),
     "task_clustering": (["task_clusters.csv"], "regularizer/cluster/sum"),

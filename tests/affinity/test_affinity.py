@@ -4,23 +4,19 @@ of everything a measurement touches, a bit-identical trajectory with it on or of
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-import os
-import signal
 
 import pytest
 import torch
 import torch.nn as nn
-from conftest import compose_cfg, small_cfg
+from conftest import small_cfg
+from interruptions import interrupted_and_resumed
 
-from mtlrun import signals
 from mtlrun.architecture.hard_sharing import HardSharing
 from mtlrun.errors import ConfigError
 from mtlrun.grouping import AFFINITY_FILE, read_affinity
 from mtlrun.tasks import build_tasks
-from mtlrun.trainer import checkpoint, runner
-from mtlrun.trainer import setup as setup_steps  # where the loop's train_step is looked up
+from mtlrun.trainer import checkpoint
 from mtlrun.trainer.affinity import TaskAffinity
 from mtlrun.trainer.setup import setup
 from mtlrun.trainer.step import per_task_losses
@@ -187,22 +183,10 @@ def test_a_resumed_run_keeps_the_running_mean_and_measures_at_the_same_steps(tmp
     """Stopped by SIGTERM after step 5 (measured at 2 and 4) and resumed from its checkpoint, the run
     writes the same task_affinity.csv as an uninterrupted one (9 steps: 4 measurements)."""
     overrides = ["data=task_clusters", "debug=smoke", "trainer.epochs=3", "trainer.affinity_every=2"]
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    full.mkdir(), stopped.mkdir()
-    runner.run(compose_cfg(overrides), full)
-    original, count = setup_steps.train_step, itertools.count(1)
 
-    def step_then_signal(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if next(count) == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
+    def measured_twice(folder):
+        assert checkpoint.load(folder / "checkpoint.pt")["affinity"]["measurements"] == 2
 
-    with monkeypatch.context() as patch:
-        patch.setattr(setup_steps, "train_step", step_then_signal)
-        with pytest.raises(signals.Interrupted):
-            runner.run(compose_cfg(overrides), stopped)
-    assert checkpoint.load(stopped / "checkpoint.pt")["affinity"]["measurements"] == 2
-    runner.run(compose_cfg([*overrides, f"resume={stopped}"]), stopped)
+    full, resumed = interrupted_and_resumed(tmp_path, monkeypatch, overrides, 5, stopped=measured_twice)
     expected = (full / AFFINITY_FILE).read_text()
-    assert (stopped / AFFINITY_FILE).read_text() == expected and expected.count(",4\n") == 6
+    assert (resumed / AFFINITY_FILE).read_text() == expected and expected.count(",4\n") == 6

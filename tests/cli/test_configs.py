@@ -83,10 +83,38 @@ def test_root_config_composes_with_its_values():
 
 @pytest.mark.parametrize("weighting", options("weighting"))
 @pytest.mark.parametrize("data", one_data_option_per_class())
-def test_weighting_instantiates_for_every_data_set(data, weighting):
-    built = build_objects(small_cfg([f"data={data}", f"weighting={weighting}"]))
-    assert isinstance(built.weighting, Weighting)
-    assert built.weighting.task_names == list(built.cfg.tasks)
+def test_weighting_instantiates_for_every_data_set(data, weighting, data_built, weighting_node):
+    """Each method's composed node (independent of the data set) built with each data set's tasks and
+    attached to its model: composing once per option, not per pair, is what keeps this cheap."""
+    built = data_built(data)
+    method = build(weighting_node(weighting), "weighting", tasks=built.tasks)
+    method.attach(built.model)
+    assert isinstance(method, Weighting)
+    assert method.task_names == list(built.cfg.tasks)
+
+
+@pytest.fixture(scope="module")
+def data_built():
+    cache = {}
+
+    def built(data):
+        if data not in cache:
+            cache[data] = build_objects(small_cfg([f"data={data}"]))
+        return cache[data]
+
+    return built
+
+
+@pytest.fixture(scope="module")
+def weighting_node():
+    cache = {}
+
+    def node(weighting):
+        if weighting not in cache:
+            cache[weighting] = small_cfg([f"weighting={weighting}"]).weighting
+        return cache[weighting]
+
+    return node
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

@@ -3,10 +3,7 @@ run (the regulariser's state is in the checkpoint)."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +12,11 @@ import pandas as pd
 import pytest
 import torch
 from conftest import compose_cfg
+from interruptions import interrupted_and_resumed, metrics
 from omegaconf import OmegaConf
 
-from mtlrun import signals
 from mtlrun.regularizer.relationship import correlations
 from mtlrun.trainer import runner
-from mtlrun.trainer import setup as setup_steps
 
 pytestmark = pytest.mark.slow
 
@@ -74,29 +70,8 @@ def test_resumed_run_equals_uninterrupted_run(
     """Stopped after step 5 (between two updates every 4 steps) and resumed: the same metrics table, the
     same final task covariance or clusters, as a run that never stopped."""
     overrides = ["debug=smoke", "trainer.epochs=3", f"regularizer={option}", "regularizer.update_every=4"]
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    full.mkdir(), resumed.mkdir()
-    runner.run(compose_cfg(overrides), full)
-    original = setup_steps.train_step
-    count = itertools.count(1)
-
-    def step_then_signal(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if next(count) == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    with monkeypatch.context() as patch:
-        patch.setattr(setup_steps, "train_step", step_then_signal)
-        with pytest.raises(signals.Interrupted):
-            runner.run(compose_cfg(overrides), resumed)
-    runner.run(compose_cfg([*overrides, f"resume={resumed}"]), resumed)
-
-    def table(folder: Path) -> pd.DataFrame:
-        rows = pd.read_csv(folder / "metrics.csv")
-        return rows[rows.metric != "time_per_step_s"].reset_index(drop=True)
-
-    pd.testing.assert_frame_equal(table(resumed), table(full))
+    full, resumed = interrupted_and_resumed(tmp_path, monkeypatch, overrides, stop_after=5)
+    pd.testing.assert_frame_equal(metrics(resumed), metrics(full))
     name = EXPECTED[option][0][0]
     assert (resumed / name).read_text() == (full / name).read_text()
 

@@ -7,7 +7,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import build_objects, compose_cfg, first_batch, nonzero, options, small_cfg
+from conftest import (
+    architecture_overrides,
+    build_objects,
+    compose_cfg,
+    first_batch,
+    nonzero,
+    options,
+    small_cfg,
+)
 from gradient_families import fake_tasks
 
 from mtlrun.errors import ConfigError
@@ -325,7 +333,7 @@ class KeepWeights:
 
 @pytest.fixture(scope="module", params=options("architecture"))
 def architecture(request):
-    cfg = small_cfg([f"architecture={request.param}"])
+    cfg = small_cfg(architecture_overrides(request.param, "multidigits"))  # ESMM: on the feed
     cfg.heads.hidden = [8]
     return cfg
 
@@ -348,10 +356,7 @@ def test_every_architecture_takes_every_regularizer(architecture):
     layers, and one training step runs with it, logging the term as the `model/regularizer` row. The steps
     rotate through loss-based `equal` and gradient-based `pcgrad` over the shared parameters and over the
     representation (where the design has one), so every family runs on every architecture."""
-    try:
-        built = build_objects(architecture)
-    except ConfigError as err:  # a design made for other data (its own tasks): its own tests cover it
-        pytest.skip(f"does not build on the default data set: {err}")
+    built = build_objects(architecture)
     model, tasks = built.model, built.tasks
     batch = first_batch(built.data, 6)
     families = list(weightings(tasks))

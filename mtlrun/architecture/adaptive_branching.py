@@ -84,21 +84,13 @@ from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.branching import AffinityCounter, Branching, Group, best_grouping, branch_affinity
 from mtlrun.architecture.heads import TaskHeads
 from mtlrun.encoder.stages import encoder_stages
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_int
 from mtlrun.tasks import Task
 
 log = logging.getLogger("mtlrun")
 
 BRANCHING_JSON = "branching.json"
 BRANCHING_TEXT = "branching.txt"
-
-
-def _check_int(key: str, value: Any, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        also = " or null" if allow_none else ""
-        raise ConfigError(f"architecture.{key}: expected an integer >= {low}{also}, got {value!r}")
 
 
 def _check_number(key: str, value: Any, positive: bool) -> None:
@@ -126,10 +118,10 @@ class AdaptiveBranching(MTLModel):
         batch_size: int = 64,
         keep_weights: bool = True,
     ) -> None:
-        _check_int("rounds", rounds, 0)
-        _check_int("warmup_steps", warmup_steps, 1)
-        _check_int("max_branches", max_branches, 1, allow_none=True)
-        _check_int("batch_size", batch_size, 2)
+        check_int("architecture.rounds", rounds, 0)
+        check_int("architecture.warmup_steps", warmup_steps, 1)
+        check_int("architecture.max_branches", max_branches, 1, allow_none=True)
+        check_int("architecture.batch_size", batch_size, 2)
         _check_number("branching_cost", branching_cost, positive=False)
         _check_number("lr", lr, positive=True)
         if not isinstance(keep_weights, bool):

@@ -66,7 +66,6 @@ parameters are left to the encoder, heads and optimizer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -75,7 +74,7 @@ from torch import Tensor
 from mtlrun.architecture.base import EncoderFactory, MTLModel, ParamRole
 from mtlrun.architecture.heads import TaskHeads
 from mtlrun.encoder.layers import mlp
-from mtlrun.errors import ConfigError
+from mtlrun.errors import ConfigError, check_int
 from mtlrun.tasks import Task
 
 
@@ -109,15 +108,6 @@ def task_order(order: Sequence[str] | None, tasks: Mapping[str, Task]) -> list[s
     return names
 
 
-def check_int(key: str, value: Any, low: int, allow_none: bool = False) -> None:
-    """A ConfigError naming `key` unless `value` is an int ≥ `low` (or None where allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        also = " or null" if allow_none else ""
-        raise ConfigError(f"architecture.{key}: expected an integer >= {low}{also}, got {value!r}")
-
-
 class JointManyTask(MTLModel):
     """A shared trunk, then one layer per task stacked in the task order, each reading the trunk's
     features, the previous layer and the previous task's estimate (module docstring)."""
@@ -137,9 +127,9 @@ class JointManyTask(MTLModel):
         snapshot_every: int = 100,
     ) -> None:
         super().__init__(tasks)
-        check_int("hidden", hidden, 1)
-        check_int("label_dim", label_dim, 1, allow_none=True)
-        check_int("snapshot_every", snapshot_every, 1)
+        check_int("architecture.hidden", hidden, 1)
+        check_int("architecture.label_dim", label_dim, 1, allow_none=True)
+        check_int("architecture.snapshot_every", snapshot_every, 1)
         delta = successive_regularization
         if isinstance(delta, bool) or not isinstance(delta, int | float) or not delta >= 0:
             raise ConfigError(
